@@ -1,0 +1,1 @@
+"""cacher package."""

@@ -1,0 +1,1 @@
+"""stream-agent: the daemon that composes ingest, cacher, pruner and the memory."""

@@ -1,0 +1,3 @@
+from stream_agent.cli import main
+
+raise SystemExit(main())

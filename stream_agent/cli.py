@@ -20,6 +20,8 @@ COMMANDS: dict[str, str] = {
     "probe": "probe",
     "make-test-model": "models",
     "ask-file": "ask_file",
+    "check-config": "check_config",
+    "ask": "ask",
 }
 
 

@@ -1,0 +1,23 @@
+"""Errors the engine raises to its callers (on the event-loop side)."""
+
+from __future__ import annotations
+
+from stream_agent.errors import StreamAgentError
+
+
+class EngineError(StreamAgentError):
+    """Base of the engine's errors; ``code`` is the protocol error code a client sees."""
+
+    code = "internal"
+
+
+class EngineBusy(EngineError):
+    """The question queue is full: ask again when an answer has finished."""
+
+    code = "busy"
+
+
+class EngineStopped(EngineError):
+    """The engine is shutting down (or has stopped) and takes no more work."""
+
+    code = "busy"

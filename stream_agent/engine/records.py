@@ -1,0 +1,174 @@
+"""The records that cross the engine boundary.
+
+They are small frozen dataclasses (no callables, no locks) so that the boundary stays
+message-based: the engine could move to another process and these would be what is pickled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+
+class FrameLike(Protocol):
+    """What the engine needs of a frame (``ingest.records.Frame`` satisfies it)."""
+
+    @property
+    def source_id(self) -> str: ...
+    @property
+    def seq(self) -> int: ...
+    @property
+    def pts(self) -> float: ...
+    @property
+    def wall_time(self) -> float: ...
+    @property
+    def image(self) -> npt.NDArray[np.uint8]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class FrameBatch:
+    """Consecutive frames of one camera, oldest first, for one ``Worker.encode`` call."""
+
+    camera: str
+    frames: tuple[FrameLike, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    """A question as the worker sees it.
+
+    ``request_id`` is unique in the engine (the server prefixes the client's id with its
+    connection's). ``camera`` None means all cameras. ``since``/``until`` are Unix seconds
+    bounding the moments the answer may use (None: unbounded). ``received_at`` is the
+    ``time.monotonic()`` of receipt, from which time-to-first-token is measured.
+    """
+
+    request_id: str
+    text: str
+    camera: str | None = None
+    since: float | None = None
+    until: float | None = None
+    received_at: float = 0.0
+
+
+# --- what a worker yields while answering ------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """The next piece of the answer's text (usually one decoded token)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Moment:
+    """A stretch of one camera's video an answer used, with its retrieval score.
+
+    ``start_pts``/``end_pts`` are stream seconds, ``start_wall``/``end_wall`` Unix seconds.
+    """
+
+    camera: str
+    start_pts: float
+    end_pts: float
+    start_wall: float
+    end_wall: float
+    score: float
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerDone:
+    """The worker's last event: the moments used and the number of generated tokens."""
+
+    evidence: tuple[Moment, ...] = ()
+    tokens: int = 0
+    finish_reason: Literal["stop", "length"] = "stop"
+
+
+AnswerEvent: TypeAlias = TextDelta | AnswerDone
+
+
+# --- what the engine delivers to the event loop ------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of answer text delivered to the loop."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """The end of an answer: the whole text, the evidence and the timings.
+
+    ``ttft_s`` is from ``Question.received_at`` to the first delta (None without text);
+    ``tokens_per_s`` is the decoding rate after the first token (None with fewer than two).
+    """
+
+    text: str
+    evidence: tuple[Moment, ...]
+    tokens: int
+    finish_reason: Literal["stop", "length", "cancelled"]
+    ttft_s: float | None
+    tokens_per_s: float | None
+    total_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The answer failed; ``code`` is a protocol error code, ``message`` a sentence."""
+
+    code: Literal["internal", "busy", "bad_request", "unknown_camera"]
+    message: str
+
+
+StreamEvent: TypeAlias = Delta | Final | Failed
+
+
+# --- status ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CameraMemory:
+    """One camera's memory as the worker reports it (None: the worker does not know)."""
+
+    camera: str
+    blocks: int = 0
+    ram_bytes: int = 0
+    disk_bytes: int = 0
+    frames_encoded: int = 0
+    last_pts: float | None = None
+    last_wall: float | None = None
+    cacher_reuse_share: float | None = None
+    pruner_kept_share: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    """The worker's state: ``ready`` once the model (and stored memories) are loaded."""
+
+    ready: bool
+    reason: str = ""
+    model: str | None = None
+    cameras: tuple[CameraMemory, ...] = ()
+
+    def camera(self, name: str) -> CameraMemory | None:
+        return next((c for c in self.cameras if c.camera == name), None)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStatus:
+    """A snapshot of the engine, readable from any thread without waiting for the engine."""
+
+    worker: WorkerStatus
+    running: bool
+    queued_frames: int
+    queued_questions: int
+    answering: int
+    frames_dropped: dict[str, int] = field(default_factory=dict)
+    frames_encoded: dict[str, int] = field(default_factory=dict)
+    frame_lag_s: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,52 @@
+"""The model side of the engine: what the engine thread drives.
+
+A :class:`Worker` owns the model and every camera's memory. All its methods are called on the one
+engine thread, never concurrently, so it needs no locks. The ReKV memory implements it:
+``encode`` prefills a batch of frames into the camera's memory (sliding-window attention, KV
+blocks to RAM and disk); ``answer`` retrieves the blocks relevant to the question within its
+camera and time range and streams the generated text, ending with the moments it used.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Protocol
+
+from stream_agent.engine.records import AnswerEvent, FrameBatch, Question, WorkerStatus
+
+
+class Worker(Protocol):
+    """The interface the engine thread drives (see the module docstring)."""
+
+    def open(self) -> None:
+        """Load the model and the stored memories; raise (with a sentence) if impossible.
+
+        Called once, on the engine thread, before anything else. Until it returns, the engine
+        reports ``ready=False`` with the reason "loading the model".
+        """
+        ...
+
+    def encode(self, batch: FrameBatch) -> None:
+        """Add a batch of one camera's consecutive frames to that camera's memory."""
+        ...
+
+    def answer(self, question: Question, cancel: threading.Event) -> Iterator[AnswerEvent]:
+        """Stream the answer: ``TextDelta``s, then one ``AnswerDone`` with the evidence.
+
+        Check ``cancel`` between tokens and stop early when it is set (the engine also stops
+        reading the iterator and closes it). Raising fails only this question.
+        """
+        ...
+
+    def status(self) -> WorkerStatus:
+        """The memory sizes per camera; must be cheap (called after each work item)."""
+        ...
+
+    def flush(self) -> None:
+        """Write everything needed to resume after a restart to disk."""
+        ...
+
+    def close(self) -> None:
+        """Release the model; called once, last, on the engine thread."""
+        ...

@@ -1,0 +1,678 @@
+"""The WebSocket JSON protocol between the daemon and its clients (version 1).
+
+Every message is one JSON object in a WebSocket text frame with a ``type``. ``docs/protocol.md``
+is the reference; this module is its executable form, shared by the server and the clients, and
+depends on the standard library only so that a client never pulls in torch.
+
+Inbound (client to server) messages are parsed by :func:`parse_client_message`, which never
+raises: it returns either a typed, frozen record or an :class:`Invalid` that says which error to
+send back. Outbound (server to client) messages are frozen records with ``to_wire()``;
+:func:`parse_server_message` turns them back into records on the client side.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final, Literal, TypeAlias, cast
+
+PROTOCOL_VERSION: Final = 1
+"""Bumped on any incompatible change; clients compare it with the ``hello`` they receive."""
+
+MAX_ID_CHARS: Final = 128
+MAX_QUESTION_CHARS: Final = 4000
+MAX_TOKEN_CHARS: Final = 4096
+
+ErrorCode: TypeAlias = Literal["bad_request", "unknown_camera", "busy", "unauthorized", "internal"]
+ERROR_CODES: Final[frozenset[str]] = frozenset(
+    {"bad_request", "unknown_camera", "busy", "unauthorized", "internal"}
+)
+FinishReason: TypeAlias = Literal["stop", "length", "cancelled"]
+FINISH_REASONS: Final[frozenset[str]] = frozenset({"stop", "length", "cancelled"})
+
+CLIENT_TYPES: Final = ("ask", "cancel", "status", "auth")
+
+# ---------------------------------------------------------------------------------------------
+# Durations and time bounds
+# ---------------------------------------------------------------------------------------------
+
+_DURATION_UNITS: Final[Mapping[str, float]] = {
+    "ms": 0.001,
+    "s": 1.0,
+    "sec": 1.0,
+    "m": 60.0,
+    "min": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h|d|w)")
+_DURATION_WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?\s*(?:ms|sec|min|s|m|h|d|w)\s*)+$")
+_PLAIN_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
+
+
+def parse_duration(text: str) -> float:
+    """Parse a duration such as ``"10m"``, ``"1h30m"``, ``"2.5s"`` or ``"90"`` (seconds).
+
+    Units: ms, s/sec, m/min, h, d, w. Raises ``ValueError`` with a sentence on bad input.
+    """
+    compact = text.strip().lower()
+    if _PLAIN_NUMBER.match(compact):
+        return float(compact)
+    if not compact or not _DURATION_WHOLE.match(compact):
+        raise ValueError(
+            f"{text!r} is not a duration; write a number with a unit, like '90s', '10m', "
+            "'1h30m' or '2d'"
+        )
+    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(compact))
+
+
+def format_wall_time(unix_s: float) -> str:
+    """An ISO 8601 UTC timestamp with milliseconds, e.g. ``2025-05-01T12:00:03.250Z``."""
+    stamp = datetime.fromtimestamp(unix_s, tz=UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def parse_wall_time(text: str) -> float:
+    """Parse an ISO 8601 time with a UTC offset (or ``Z``) into Unix seconds."""
+    try:
+        stamp = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text!r} is not an ISO 8601 time; write e.g. '2025-05-01T12:00:00Z'"
+        ) from None
+    if stamp.tzinfo is None:
+        raise ValueError(
+            f"{text!r} has no UTC offset; add one (e.g. 'Z' or '+02:00') so it means one instant"
+        )
+    return stamp.timestamp()
+
+
+@dataclass(frozen=True, slots=True)
+class TimeBound:
+    """One end of a time range: an absolute instant or a span before the moment of asking."""
+
+    unix_s: float | None = None
+    ago_s: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> TimeBound:
+        """``"10m"`` (ten minutes before now), ``"now"`` or an ISO 8601 time with offset."""
+        stripped = text.strip()
+        if stripped.lower() == "now":
+            return cls(ago_s=0.0)
+        if _DURATION_WHOLE.match(stripped.lower()) or _PLAIN_NUMBER.match(stripped):
+            return cls(ago_s=parse_duration(stripped))
+        if len(stripped) >= 10 and stripped[4:5] == "-":
+            return cls(unix_s=parse_wall_time(stripped))
+        raise ValueError(
+            f"{text!r} is neither a duration like '10m' nor an ISO 8601 time like "
+            "'2025-05-01T12:00:00Z'"
+        )
+
+    def resolve(self, now_unix_s: float) -> float:
+        """The instant this bound names, in Unix seconds, for a question asked at ``now``."""
+        if self.unix_s is not None:
+            return self.unix_s
+        return now_unix_s - (self.ago_s or 0.0)
+
+    def to_wire(self) -> str:
+        if self.unix_s is not None:
+            return format_wall_time(self.unix_s)
+        return f"{self.ago_s:g}s"
+
+
+# ---------------------------------------------------------------------------------------------
+# Client -> server
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """A question. ``id`` is the client's own, unique among its questions in flight."""
+
+    id: str
+    question: str
+    camera: str | None = None
+    since: TimeBound | None = None
+    until: TimeBound | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "ask", "id": self.id, "question": self.question}
+        if self.camera is not None:
+            out["camera"] = self.camera
+        if self.since is not None:
+            out["since"] = self.since.to_wire()
+        if self.until is not None:
+            out["until"] = self.until.to_wire()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop the answer to the question with this id."""
+
+    id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": "cancel", "id": self.id}
+
+
+@dataclass(frozen=True, slots=True)
+class StatusQuery:
+    """Ask for the cameras' states and memory sizes."""
+
+    id: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": "status"} if self.id is None else {"type": "status", "id": self.id}
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """In-band authentication (for browsers, which cannot set an Authorization header)."""
+
+    token: str = field(repr=False)
+    id: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "auth", "token": self.token}
+        if self.id is not None:
+            out["id"] = self.id
+        return out
+
+
+ClientMessage: TypeAlias = Ask | Cancel | StatusQuery | Auth
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """An inbound message that could not be accepted, and the error to answer it with."""
+
+    code: ErrorCode
+    message: str
+    id: str | None = None
+    request_type: str | None = None
+
+
+class _Reject(Exception):
+    def __init__(self, message: str, code: ErrorCode = "bad_request") -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+_ALLOWED_FIELDS: Final[Mapping[str, frozenset[str]]] = {
+    "ask": frozenset({"type", "id", "question", "camera", "since", "until"}),
+    "cancel": frozenset({"type", "id"}),
+    "status": frozenset({"type", "id"}),
+    "auth": frozenset({"type", "id", "token"}),
+}
+
+
+def _check_id(value: object, *, required: bool) -> str | None:
+    if value is None:
+        if required:
+            raise _Reject("the message needs an 'id': a string naming this request")
+        return None
+    if not isinstance(value, str):
+        raise _Reject(f"'id' must be a string, not {type(value).__name__}")
+    if not 1 <= len(value) <= MAX_ID_CHARS:
+        raise _Reject(f"'id' must be 1 to {MAX_ID_CHARS} characters long")
+    if not value.isprintable():
+        raise _Reject("'id' must not contain control characters")
+    return value
+
+
+def _optional_str(obj: Mapping[str, object], key: str, max_chars: int) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _Reject(f"'{key}' must be a string, not {type(value).__name__}")
+    if len(value) > max_chars:
+        raise _Reject(f"'{key}' is longer than {max_chars} characters")
+    return value
+
+
+def _time_bound(obj: Mapping[str, object], key: str) -> TimeBound | None:
+    text = _optional_str(obj, key, 64)
+    if text is None:
+        return None
+    try:
+        return TimeBound.parse(text)
+    except ValueError as exc:
+        raise _Reject(f"'{key}': {exc}") from None
+
+
+def _decode(raw: str | bytes) -> dict[str, object]:
+    if isinstance(raw, bytes | bytearray | memoryview):
+        raise _Reject("binary messages are not part of the protocol; send JSON as text")
+    try:
+        obj = json.loads(raw)
+    except RecursionError:
+        raise _Reject("the message is nested too deeply to be a protocol message") from None
+    except ValueError as exc:
+        raise _Reject(f"the message is not valid JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise _Reject(f"a message must be a JSON object, not {type(obj).__name__}")
+    return cast(dict[str, object], obj)
+
+
+def parse_client_message(raw: str | bytes) -> ClientMessage | Invalid:
+    """Parse and validate one inbound message; never raises."""
+    msg_id: str | None = None
+    kind: str | None = None
+    try:
+        obj = _decode(raw)
+        # Take the id first so that every later error can be tied to it.
+        raw_id = obj.get("id")
+        if isinstance(raw_id, str) and 1 <= len(raw_id) <= MAX_ID_CHARS and raw_id.isprintable():
+            msg_id = raw_id
+        raw_type = obj.get("type")
+        if not isinstance(raw_type, str):
+            raise _Reject(f"the message needs a 'type', one of: {', '.join(CLIENT_TYPES)}")
+        if raw_type not in _ALLOWED_FIELDS:
+            shown = raw_type if len(raw_type) <= 40 else raw_type[:40] + "..."
+            raise _Reject(f"unknown message type {shown!r}; known types: {', '.join(CLIENT_TYPES)}")
+        kind = raw_type
+        extra = sorted(set(obj) - _ALLOWED_FIELDS[kind])
+        if extra:
+            shown_extra = ", ".join(repr(k[:40]) for k in extra[:5])
+            allowed = ", ".join(sorted(_ALLOWED_FIELDS[kind] - {"type"}))
+            raise _Reject(f"unknown field(s) {shown_extra} in '{kind}'; allowed: {allowed}")
+        return _build(kind, obj)
+    except _Reject as exc:
+        return Invalid(code=exc.code, message=exc.message, id=msg_id, request_type=kind)
+    except Exception as exc:  # the parser must never raise; report rather than crash
+        return Invalid(
+            code="bad_request",
+            message=f"the message could not be read ({type(exc).__name__})",
+            id=msg_id,
+            request_type=kind,
+        )
+
+
+def _build(kind: str, obj: Mapping[str, object]) -> ClientMessage:
+    if kind == "ask":
+        msg_id = _check_id(obj.get("id"), required=True)
+        assert msg_id is not None
+        question = _optional_str(obj, "question", MAX_QUESTION_CHARS)
+        if question is None or not question.strip():
+            raise _Reject("'question' must be a non-empty string")
+        camera = _optional_str(obj, "camera", 64)
+        since = _time_bound(obj, "since")
+        until = _time_bound(obj, "until")
+        return Ask(id=msg_id, question=question, camera=camera, since=since, until=until)
+    if kind == "cancel":
+        msg_id = _check_id(obj.get("id"), required=True)
+        assert msg_id is not None
+        return Cancel(id=msg_id)
+    if kind == "status":
+        return StatusQuery(id=_check_id(obj.get("id"), required=False))
+    # auth
+    token = _optional_str(obj, "token", MAX_TOKEN_CHARS)
+    if token is None:
+        raise _Reject("'auth' needs a 'token' string", code="unauthorized")
+    return Auth(token=token, id=_check_id(obj.get("id"), required=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Server -> client
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CameraInfo:
+    """A camera as clients see it: its name, state and (in ``status``) memory size."""
+
+    name: str
+    state: str
+    reason: str = ""
+    last_frame_time: str | None = None
+    frames_dropped: int = 0
+    memory_blocks: int | None = None
+    memory_ram_bytes: int | None = None
+    memory_disk_bytes: int | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "state": self.state,
+            "reason": self.reason,
+            "last_frame_time": self.last_frame_time,
+            "frames_dropped": self.frames_dropped,
+            "memory": {
+                "blocks": self.memory_blocks,
+                "ram_bytes": self.memory_ram_bytes,
+                "disk_bytes": self.memory_disk_bytes,
+            },
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> CameraInfo:
+        memory = obj.get("memory") or {}
+        return cls(
+            name=str(obj["name"]),
+            state=str(obj["state"]),
+            reason=str(obj.get("reason", "")),
+            last_frame_time=obj.get("last_frame_time"),
+            frames_dropped=int(obj.get("frames_dropped", 0)),
+            memory_blocks=memory.get("blocks"),
+            memory_ram_bytes=memory.get("ram_bytes"),
+            memory_disk_bytes=memory.get("disk_bytes"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """Sent on connect (and again after a successful ``auth``)."""
+
+    protocol: int
+    server: str
+    model: str | None
+    cameras: tuple[CameraInfo, ...]
+    auth_required: bool
+    max_message_bytes: int
+    max_questions_in_flight: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": "hello",
+            "protocol": self.protocol,
+            "server": self.server,
+            "model": self.model,
+            "cameras": [c.to_wire() for c in self.cameras],
+            "auth_required": self.auth_required,
+            "limits": {
+                "max_message_bytes": self.max_message_bytes,
+                "max_questions_in_flight": self.max_questions_in_flight,
+            },
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Hello:
+        limits = obj.get("limits") or {}
+        return cls(
+            protocol=int(obj["protocol"]),
+            server=str(obj.get("server", "")),
+            model=obj.get("model"),
+            cameras=tuple(CameraInfo.from_wire(c) for c in obj.get("cameras", [])),
+            auth_required=bool(obj.get("auth_required", False)),
+            max_message_bytes=int(limits.get("max_message_bytes", 0)),
+            max_questions_in_flight=int(limits.get("max_questions_in_flight", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The question was accepted; ``since``/``until`` are the resolved range (ISO) or None."""
+
+    id: str
+    camera: str | None
+    since: str | None
+    until: str | None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": "ack",
+            "id": self.id,
+            "camera": self.camera,
+            "since": self.since,
+            "until": self.until,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Ack:
+        return cls(
+            id=str(obj["id"]),
+            camera=obj.get("camera"),
+            since=obj.get("since"),
+            until=obj.get("until"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of the answer's text; ``seq`` counts from 0 within one answer."""
+
+    id: str
+    seq: int
+    text: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": "delta", "id": self.id, "seq": self.seq, "text": self.text}
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Delta:
+        return cls(id=str(obj["id"]), seq=int(obj["seq"]), text=str(obj["text"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A moment of video an answer was built from.
+
+    ``start_s``/``end_s`` are stream seconds (the camera's presentation time), ``start_time`` and
+    ``end_time`` the same instants as ISO wall time; ``frame_url`` is the HTTP path of the kept
+    frame nearest the moment (on the same server), or None.
+    """
+
+    camera: str
+    start_s: float
+    end_s: float
+    start_time: str
+    end_time: str
+    score: float
+    frame_url: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "camera": self.camera,
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "start_time": self.start_time,
+            "end_time": self.end_time,
+            "score": self.score,
+            "frame_url": self.frame_url,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Evidence:
+        return cls(
+            camera=str(obj["camera"]),
+            start_s=float(obj["start_s"]),
+            end_s=float(obj["end_s"]),
+            start_time=str(obj["start_time"]),
+            end_time=str(obj["end_time"]),
+            score=float(obj["score"]),
+            frame_url=obj.get("frame_url"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """``ttft_ms``: from receipt of the question to its first token (None when no token).
+
+    ``tokens_per_s``: decoding rate after the first token (None with fewer than two tokens).
+    """
+
+    ttft_ms: float | None
+    tokens_per_s: float | None
+    total_ms: float
+    tokens: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "ttft_ms": _round(self.ttft_ms),
+            "tokens_per_s": _round(self.tokens_per_s),
+            "total_ms": _round(self.total_ms),
+            "tokens": self.tokens,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Timings:
+        return cls(
+            ttft_ms=obj.get("ttft_ms"),
+            tokens_per_s=obj.get("tokens_per_s"),
+            total_ms=float(obj.get("total_ms", 0.0)),
+            tokens=int(obj.get("tokens", 0)),
+        )
+
+
+def _round(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return None
+    return round(value, 3)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The final message of an answered (or cancelled) question: the whole text and evidence."""
+
+    id: str
+    text: str
+    evidence: tuple[Evidence, ...]
+    timings: Timings
+    finish_reason: FinishReason
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": "answer",
+            "id": self.id,
+            "text": self.text,
+            "evidence": [e.to_wire() for e in self.evidence],
+            "timings": self.timings.to_wire(),
+            "finish_reason": self.finish_reason,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Answer:
+        reason = str(obj.get("finish_reason", "stop"))
+        if reason not in FINISH_REASONS:
+            raise ValueError(f"unknown finish_reason {reason!r}")
+        return cls(
+            id=str(obj["id"]),
+            text=str(obj["text"]),
+            evidence=tuple(Evidence.from_wire(e) for e in obj.get("evidence", [])),
+            timings=Timings.from_wire(obj.get("timings") or {}),
+            finish_reason=cast(FinishReason, reason),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    """Reply to ``status``: cameras with states and memory sizes, and the engine's queues."""
+
+    id: str | None
+    model: str | None
+    ready: bool
+    reason: str
+    cameras: tuple[CameraInfo, ...]
+    queued_frames: int
+    queued_questions: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": "status",
+            "id": self.id,
+            "model": self.model,
+            "ready": self.ready,
+            "reason": self.reason,
+            "cameras": [c.to_wire() for c in self.cameras],
+            "engine": {
+                "queued_frames": self.queued_frames,
+                "queued_questions": self.queued_questions,
+            },
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> StatusReply:
+        engine = obj.get("engine") or {}
+        return cls(
+            id=obj.get("id"),
+            model=obj.get("model"),
+            ready=bool(obj.get("ready", False)),
+            reason=str(obj.get("reason", "")),
+            cameras=tuple(CameraInfo.from_wire(c) for c in obj.get("cameras", [])),
+            queued_frames=int(engine.get("queued_frames", 0)),
+            queued_questions=int(engine.get("queued_questions", 0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Error:
+    """An error, tied to the request id (and the type of message) when known."""
+
+    code: ErrorCode
+    message: str
+    id: str | None = None
+    request_type: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": "error",
+            "id": self.id,
+            "code": self.code,
+            "message": self.message,
+            "request_type": self.request_type,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Error:
+        code = str(obj.get("code", "internal"))
+        return cls(
+            code=cast(ErrorCode, code if code in ERROR_CODES else "internal"),
+            message=str(obj.get("message", "")),
+            id=obj.get("id"),
+            request_type=obj.get("request_type"),
+        )
+
+
+ServerMessage: TypeAlias = Hello | Ack | Delta | Answer | StatusReply | Error
+
+_SERVER_TYPES: Final[Mapping[str, Any]] = {
+    "hello": Hello,
+    "ack": Ack,
+    "delta": Delta,
+    "answer": Answer,
+    "status": StatusReply,
+    "error": Error,
+}
+
+
+def encode(message: ServerMessage | ClientMessage) -> str:
+    """The JSON text of a message (compact, UTF-8 characters kept)."""
+    return json.dumps(message.to_wire(), ensure_ascii=False, separators=(",", ":"))
+
+
+class UnknownMessageType(ValueError):
+    """A server message of a type this client does not know (a newer server): skip it."""
+
+
+def parse_server_message(raw: str | bytes) -> ServerMessage:
+    """Parse a server message on the client side; raises ``ValueError`` on anything unexpected
+    (:class:`UnknownMessageType`, a subclass, for a well-formed message of an unknown type)."""
+    if not isinstance(raw, str):
+        raise ValueError("the server sent a binary message, which protocol 1 never does")
+    obj = json.loads(raw)
+    if not isinstance(obj, dict):
+        raise ValueError("the server sent a message that is not a JSON object")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ValueError("the server sent a message without a 'type'")
+    record = _SERVER_TYPES.get(kind)
+    if record is None:
+        raise UnknownMessageType(f"the server sent an unknown message type {kind!r}")
+    try:
+        return cast(ServerMessage, record.from_wire(obj))
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"the server's {kind!r} message is incomplete ({exc})") from None
+
+
+def camera_names(cameras: Sequence[CameraInfo]) -> str:
+    """``"a, b, c"`` or ``"(none)"``: for error sentences."""
+    return ", ".join(c.name for c in cameras) or "(none)"

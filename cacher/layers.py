@@ -396,3 +396,85 @@ def segment_mask(lengths: Sequence[int], device: torch.device | str | None = Non
         torch.arange(len(lengths), device=device), torch.tensor(list(lengths), device=device)
     )
     return ids[:, None] == ids[None, :]
+
+
+# ------------------------------------------------------------- partial projections (token reuse)
+
+
+def _projection(layer: EncoderLayer, which: int) -> Linear:
+    """The q (0), k (1) or v (2) projection of ``layer``; a row slice of a fused ``qkv``."""
+    if isinstance(layer.qkv, SeparateQKV):
+        return (layer.qkv.q, layer.qkv.k, layer.qkv.v)[which]
+    fused = layer.qkv.qkv
+    width = layer.num_heads * layer.head_dim
+    rows = slice(which * width, (which + 1) * width)
+    return Linear(fused.weight[rows], None if fused.bias is None else fused.bias[rows])
+
+
+def project_keys(layer: EncoderLayer, rows: Tensor, rotary: Rotary | None = None) -> Tensor:
+    """(a') norm1 and the k projection only of hidden-state ``rows`` ``(B, n, D)``.
+
+    Equals ``project_qkv(layer, rows, rotary).k`` at a third of the projection cost; STC-Cacher
+    needs every token's key to choose which tokens to recompute.
+    """
+    k = linear(_projection(layer, 1), norm(layer.norm1, rows))
+    k = _split_heads(k, layer.num_heads, layer.head_dim)
+    return k if rotary is None else apply_rotary(k, rotary)
+
+
+def project_queries_values(
+    layer: EncoderLayer, rows: Tensor, rotary: Rotary | None = None
+) -> tuple[Tensor, Tensor]:
+    """(a'') norm1 and the q and v projections of hidden-state ``rows`` ``(B, n, D)``.
+
+    Equals ``(qkv.q, qkv.v)`` of :func:`project_qkv` without the k projection (for rows whose key
+    is already known).
+    """
+    x = norm(layer.norm1, rows)
+    q = _split_heads(linear(_projection(layer, 0), x), layer.num_heads, layer.head_dim)
+    v = _split_heads(linear(_projection(layer, 2), x), layer.num_heads, layer.head_dim)
+    return (q if rotary is None else apply_rotary(q, rotary)), v
+
+
+def group_mask(groups: Tensor) -> Tensor:
+    """Boolean mask ``(N, N)`` letting token ``i`` attend to token ``j`` iff they share a group.
+
+    ``groups`` is ``(N,)`` integer group ids in any token order; unlike :func:`segment_mask` the
+    members of a group need not be contiguous (Qwen2.5-VL's attention windows over patches kept in
+    raster order). Select a subset of query rows with ``mask[rows]``.
+    """
+    if groups.ndim != 1:
+        raise LayerSpecError(f"group ids must be one-dimensional, got shape {tuple(groups.shape)}")
+    return groups[:, None] == groups[None, :]
+
+
+def encoder_forward_masks(
+    layers: Sequence[EncoderLayer],
+    hidden: Tensor,
+    *,
+    masks: Sequence[Tensor | None],
+    keep: Sequence[int] = (),
+    rotary: Rotary | None = None,
+) -> EncoderOutput:
+    """:func:`encoder_forward` with its own attention mask for each layer.
+
+    ``masks[j]`` is the mask of ``layers[j]`` (``None``: full attention), for encoders whose layers
+    attend differently (Qwen2.5-VL: windows in most layers, whole frames in a few).
+    """
+    if len(masks) != len(layers):
+        raise LayerSpecError(f"{len(masks)} attention masks for {len(layers)} layers")
+    total = len(layers) + 1
+    resolved = tuple(i + total if i < 0 else i for i in keep)
+    for i, original in zip(resolved, keep, strict=True):
+        if not 0 <= i < total:
+            raise LayerSpecError(
+                f"hidden-state index {original} out of range for {len(layers)} layers"
+            )
+    kept: dict[int, Tensor] = {}
+    if 0 in resolved:
+        kept[0] = hidden
+    for j, (layer, mask) in enumerate(zip(layers, masks, strict=True), start=1):
+        hidden = layer_forward(layer, hidden, rotary=rotary, mask=mask)
+        if j in resolved:
+            kept[j] = hidden
+    return EncoderOutput(last=hidden, keep=resolved, hidden_states=tuple(kept[i] for i in resolved))

@@ -5,7 +5,7 @@ A :class:`VideoLLM` exposes the pieces a streaming pipeline composes, each usabl
 * frames -> pixels: :meth:`VideoLLM.preprocess` (numpy/PIL, equal to the library's processor);
 * pixels -> patch embeddings: :meth:`VideoLLM.embed_patches`;
 * the vision encoder as :mod:`cacher.layers` records (:attr:`VideoLLM.vision_layers`), run by
-  :func:`cacher.layers.encoder_forward` or piece by piece by a token-reuse cache, keeping the
+  :func:`cacher.layers.encoder_forward_masks` or piece by piece by a token-reuse cache, keeping the
   hidden states :attr:`VisionSpec.feature_layers`;
 * hidden states -> visual tokens in the LLM's embedding space: :meth:`VideoLLM.tokens_from_hidden`
   (the family's projector and pooling/merging), one :class:`VisualTokens` per step;
@@ -15,14 +15,17 @@ A :class:`VideoLLM` exposes the pieces a streaming pipeline composes, each usabl
 * token-by-token decoding that streams text (:meth:`decode`), and the chat prompt around a video
   (:meth:`build_prompt`).
 
-Families subclass it and fill in the abstract methods; everything else lives here once.
+Families subclass it and fill in the abstract methods; everything else lives here once. The
+language-model half (prompt, chunks, prefill, decoding, and the decoder stack for layer-by-layer
+runners such as the KV memory) is :class:`LanguageModel`, which text-only adapters
+(:mod:`stream_agent.models.text_lm`) share.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -31,9 +34,9 @@ import numpy.typing as npt
 import torch
 from transformers import DynamicCache
 
-from cacher.layers import EncoderLayer, Rotary, encoder_forward
+from cacher.layers import EncoderLayer, Rotary, encoder_forward_masks
 from stream_agent.models.errors import InputError
-from stream_agent.models.preprocess import preprocess_frames
+from stream_agent.models.preprocess import frame_transform_from_settings, preprocess_frames
 from stream_agent.models.records import (
     DecodeOptions,
     DecodeStep,
@@ -49,12 +52,11 @@ from stream_agent.models.text import IncrementalDetokenizer, build_prompt_layout
 log = logging.getLogger(__name__)
 
 
-class VideoLLM(ABC):
-    """A video LLM of one family, loaded on one device in one dtype, in inference mode.
+class LanguageModel(ABC):
+    """The language-model side of an adapter: prompt, chunks with explicit positions, prefill into
+    a cache the caller owns, decoding, and the decoder stack for layer-by-layer runners.
 
-    Subclasses set ``family`` and implement the abstract methods; they are constructed by
-    :meth:`from_folder` (see :func:`stream_agent.models.load_model`) or, for in-memory test models,
-    directly from their parts.
+    :class:`VideoLLM` adds the vision path; text-only adapters subclass this directly.
     """
 
     family: ClassVar[str]
@@ -65,7 +67,6 @@ class VideoLLM(ABC):
         model: Any,
         tokenizer: Any,
         chat_template: str,
-        transform: FrameTransform,
         placeholder: str,
         folder: Path | None = None,
     ) -> None:
@@ -74,78 +75,16 @@ class VideoLLM(ABC):
         self.model = model.eval().requires_grad_(False)
         self.tokenizer = tokenizer
         self.chat_template = chat_template
-        self.transform = transform
         self.placeholder = placeholder
         self.folder = folder
         first = next(model.parameters())
         self.device: torch.device = first.device
         self.dtype: torch.dtype = first.dtype
 
-    # ----------------------------------------------------------------------------- construction
-
-    @classmethod
-    @abstractmethod
-    def from_folder(cls, folder: Path, *, device: torch.device, dtype: torch.dtype) -> VideoLLM:
-        """Load a checkpoint folder of this family (already checked to be one)."""
-
-    # ------------------------------------------------------------------------------------ specs
-
-    @property
-    @abstractmethod
-    def vision_spec(self) -> VisionSpec:
-        """Shapes of the vision path."""
-
     @property
     @abstractmethod
     def lm_spec(self) -> LMSpec:
         """Attention layout of the language model (KV cache size, position kind)."""
-
-    # ----------------------------------------------------------------------------------- vision
-
-    def preprocess(self, frames: Sequence[npt.NDArray[np.uint8]]) -> torch.Tensor:
-        """RGB uint8 frames ``(H, W, 3)`` -> float32 pixels ``(F, 3, h, w)`` on the device."""
-        return torch.from_numpy(preprocess_frames(frames, self.transform)).to(self.device)
-
-    @abstractmethod
-    def embed_patches(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels ``(F, 3, h, w)`` -> encoder input ``(F, N, Dv)`` (hidden state 0)."""
-
-    @property
-    @abstractmethod
-    def vision_layers(self) -> tuple[EncoderLayer, ...]:
-        """The encoder layers up to the deepest of :attr:`VisionSpec.feature_layers`, as records
-        referencing the model's own weights."""
-
-    def vision_attention(self, pixels: torch.Tensor) -> tuple[Rotary | None, torch.Tensor | None]:
-        """Per-token rotary angles and attention mask of the encoder for ``pixels``.
-
-        ``(None, None)`` for encoders with absolute positions and full attention (SigLIP);
-        families with 2-D rotary or attention segments override it.
-        """
-        return None, None
-
-    @abstractmethod
-    def tokens_from_hidden(self, hidden_states: Sequence[torch.Tensor]) -> list[VisualTokens]:
-        """The family's head: hidden states at :attr:`VisionSpec.feature_layers` (in that order,
-        each ``(F, N, Dv)``) -> one :class:`VisualTokens` per step."""
-
-    @torch.no_grad()
-    def encode_pixels(self, pixels: torch.Tensor) -> list[VisualTokens]:
-        """Full vision path from pixels: patch embedding, all layers, head."""
-        hidden = self.embed_patches(pixels)
-        rotary, mask = self.vision_attention(pixels)
-        out = encoder_forward(
-            self.vision_layers,
-            hidden,
-            keep=self.vision_spec.feature_layers,
-            rotary=rotary,
-            mask=mask,
-        )
-        return self.tokens_from_hidden(out.hidden_states)
-
-    def encode_frames(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[VisualTokens]:
-        """Full vision path from RGB frames."""
-        return self.encode_pixels(self.preprocess(frames))
 
     # ------------------------------------------------------------------------------------- text
 
@@ -156,14 +95,6 @@ class VideoLLM(ABC):
     @abstractmethod
     def text_chunk(self, ids: Sequence[int] | torch.Tensor, start: int) -> LMChunk:
         """Text tokens placed from position ``start``."""
-
-    @abstractmethod
-    def visual_chunk(self, tokens: VisualTokens, start: int) -> LMChunk:
-        """One step of visual tokens placed from position ``start``."""
-
-    @abstractmethod
-    def video_end_chunk(self, start: int) -> LMChunk:
-        """The embeddings that close a video (LLaVA-OneVision: ``image_newline``; may be empty)."""
 
     def build_prompt(self, question: str, *, system: str | None = None) -> PromptLayout:
         """The checkpoint's chat prompt around one video and ``question``."""
@@ -256,28 +187,172 @@ class VideoLLM(ABC):
         ``want_logits``) and ``next_position`` the prompt chunk's ``next_position``. Each chosen
         token is fed back at the next position into ``cache`` (the final token is not).
         """
-        options = options or DecodeOptions()
-        stop = set(options.stop_ids if options.stop_ids is not None else self.stop_ids)
-        generator: torch.Generator | None = None
-        if not options.greedy:
-            generator = torch.Generator(device=logits.device)
-            generator.manual_seed(options.seed if options.seed is not None else 0)
-        detok = IncrementalDetokenizer(self.tokenizer)
-        position = next_position
-        for step in range(options.max_new_tokens):
-            token = choose_token(logits, options, generator)
-            if token in stop:
-                yield DecodeStep(token, detok.push(None, final=True), finished=True, stopped=True)
-                return
-            last = step == options.max_new_tokens - 1
-            yield DecodeStep(token, detok.push(token, final=last), finished=last)
-            if last:
-                return
-            chunk = self.text_chunk([token], position)
-            position = chunk.next_position
-            next_logits = self.prefill(cache, chunk, want_logits=True)
+
+        def feed(token: int, position: int) -> torch.Tensor:
+            next_logits = self.prefill(cache, self.text_chunk([token], position), want_logits=True)
             assert next_logits is not None
-            logits = next_logits
+            return next_logits
+
+        yield from decode_tokens(self, logits, next_position, options, feed)
+
+    # ----------------------------------------------------------- decoder stack, for layer runners
+
+    @property
+    def decoder(self) -> Any:
+        """The language model's decoder stack (``layers``, ``rotary_emb``, ``norm``), for callers
+        that run it layer by layer with the library's own decoder-layer modules (the KV memory)."""
+        return self._decoder
+
+    @property
+    def lm_head(self) -> Any:
+        """Final hidden state (after the decoder's ``norm``) -> vocabulary logits."""
+        return self._lm_head
+
+    def lm_position_ids(self, positions: torch.Tensor) -> torch.Tensor:
+        """Chunk positions ``(P, L)`` -> the ``position_ids`` the decoder's ``rotary_emb`` takes."""
+        return self._lm_position_ids(positions)
+
+
+class VideoLLM(LanguageModel):
+    """A video LLM of one family, loaded on one device in one dtype, in inference mode.
+
+    Subclasses set ``family`` and implement the abstract methods; they are constructed by
+    :meth:`from_folder` (see :func:`stream_agent.models.load_model`) or, for in-memory test models,
+    directly from their parts.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: Any,
+        tokenizer: Any,
+        chat_template: str,
+        transform: FrameTransform,
+        placeholder: str,
+        folder: Path | None = None,
+    ) -> None:
+        super().__init__(
+            model=model,
+            tokenizer=tokenizer,
+            chat_template=chat_template,
+            placeholder=placeholder,
+            folder=folder,
+        )
+        self.transform = transform
+
+    # ----------------------------------------------------------------------------- construction
+
+    @classmethod
+    @abstractmethod
+    def from_folder(cls, folder: Path, *, device: torch.device, dtype: torch.dtype) -> VideoLLM:
+        """Load a checkpoint folder of this family (already checked to be one)."""
+
+    @classmethod
+    def transform_from_processor(cls, processor: Any) -> FrameTransform:
+        """The :class:`FrameTransform` of an in-memory image processor (a test checkpoint's).
+
+        The default reads a fixed ``{"height", "width"}`` size; families whose processors size
+        frames otherwise (Qwen2-VL's pixel-count bounds) override it.
+        """
+        return frame_transform_from_settings(processor.to_dict())
+
+    # ------------------------------------------------------------------------------------ specs
+
+    @property
+    @abstractmethod
+    def vision_spec(self) -> VisionSpec:
+        """Shapes of the vision path."""
+
+    # ----------------------------------------------------------------------------------- vision
+
+    def preprocess(self, frames: Sequence[npt.NDArray[np.uint8]]) -> torch.Tensor:
+        """RGB uint8 frames ``(H, W, 3)`` -> float32 pixels ``(F, 3, h, w)`` on the device."""
+        return torch.from_numpy(preprocess_frames(frames, self.transform)).to(self.device)
+
+    @abstractmethod
+    def embed_patches(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels ``(F, 3, h, w)`` -> encoder input ``(F, N, Dv)`` (hidden state 0)."""
+
+    @property
+    @abstractmethod
+    def vision_layers(self) -> tuple[EncoderLayer, ...]:
+        """The encoder layers up to the deepest of :attr:`VisionSpec.feature_layers`, as records
+        referencing the model's own weights."""
+
+    def vision_attention(self, pixels: torch.Tensor) -> tuple[Rotary | None, torch.Tensor | None]:
+        """Per-token rotary angles and attention mask of the encoder for ``pixels``.
+
+        ``(None, None)`` for encoders with absolute positions and full attention (SigLIP);
+        families with 2-D rotary or attention segments override it. The mask is the one all
+        layers share; use :meth:`vision_layer_masks` for the mask of each layer.
+        """
+        return None, None
+
+    def vision_layer_masks(self, pixels: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        """The attention mask of each of :attr:`vision_layers` for ``pixels`` (``None``: full).
+
+        By default every layer uses :meth:`vision_attention`'s mask; encoders whose layers attend
+        differently (Qwen2.5-VL's windows) override it.
+        """
+        _, mask = self.vision_attention(pixels)
+        return (mask,) * len(self.vision_layers)
+
+    @abstractmethod
+    def tokens_from_hidden(self, hidden_states: Sequence[torch.Tensor]) -> list[VisualTokens]:
+        """The family's head: hidden states at :attr:`VisionSpec.feature_layers` (in that order,
+        each ``(F, N, Dv)``) -> one :class:`VisualTokens` per step."""
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor) -> list[VisualTokens]:
+        """Full vision path from pixels: patch embedding, all layers, head."""
+        hidden = self.embed_patches(pixels)
+        rotary, _ = self.vision_attention(pixels)
+        out = encoder_forward_masks(
+            self.vision_layers,
+            hidden,
+            masks=self.vision_layer_masks(pixels),
+            keep=self.vision_spec.feature_layers,
+            rotary=rotary,
+        )
+        return self.tokens_from_hidden(out.hidden_states)
+
+    def encode_frames(self, frames: Sequence[npt.NDArray[np.uint8]]) -> list[VisualTokens]:
+        """Full vision path from RGB frames."""
+        return self.encode_pixels(self.preprocess(frames))
+
+    # ----------------------------------------------------------------------------- video text
+
+    @abstractmethod
+    def visual_chunk(self, tokens: VisualTokens, start: int) -> LMChunk:
+        """One step of visual tokens placed from position ``start``."""
+
+    @abstractmethod
+    def video_end_chunk(self, start: int) -> LMChunk:
+        """The embeddings that close a video (LLaVA-OneVision: ``image_newline``; may be empty)."""
+
+    def frame_open_chunk(self, start: int, *, timestamp: float) -> LMChunk:
+        """Text the family's prompt puts before each step's visual tokens (may be empty).
+
+        ``timestamp`` is the step's time in seconds from the start of the video. Empty by default;
+        SmolVLM2 puts ``"\\nFrame from 00:05:<fake_token_around_image><global-img>"`` there. Kept
+        apart from :meth:`visual_chunk` so that a visual chunk holds only visual tokens (which a
+        pruner selects from). Empty chunks are not prefilled.
+        """
+        return self.empty_chunk(start)
+
+    def frame_close_chunk(self, start: int) -> LMChunk:
+        """Text after each step's visual tokens (SmolVLM2: ``<fake_token_around_image>``); empty
+        by default."""
+        return self.empty_chunk(start)
+
+    def empty_chunk(self, start: int) -> LMChunk:
+        """A chunk of no tokens that leaves the position at ``start``."""
+        spec = self.lm_spec
+        return LMChunk(
+            torch.empty(0, spec.hidden_size, dtype=self.dtype, device=self.device),
+            torch.empty(spec.position_dims, 0, dtype=torch.long, device=self.device),
+            start,
+        )
 
 
 def choose_token(
@@ -299,3 +374,37 @@ def choose_token(
         scores = scores.scatter(0, order[drop], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     return int(torch.multinomial(probs, 1, generator=generator).item())
+
+
+def decode_tokens(
+    model: LanguageModel,
+    logits: torch.Tensor,
+    next_position: int,
+    options: DecodeOptions | None,
+    feed: Callable[[int, int], torch.Tensor],
+) -> Iterator[DecodeStep]:
+    """The decoding loop: pick a token from ``logits``, stream its text, and get the next logits
+    from ``feed(token, position)`` (which runs the token through the model at ``position``).
+
+    Stops at one of ``options.stop_ids`` (default: the model's :attr:`LanguageModel.stop_ids`) or
+    after ``options.max_new_tokens``; the final token is never fed.
+    """
+    options = options or DecodeOptions()
+    stop = set(options.stop_ids if options.stop_ids is not None else model.stop_ids)
+    generator: torch.Generator | None = None
+    if not options.greedy:
+        generator = torch.Generator(device=logits.device)
+        generator.manual_seed(options.seed if options.seed is not None else 0)
+    detok = IncrementalDetokenizer(model.tokenizer)
+    position = next_position
+    for step in range(options.max_new_tokens):
+        token = choose_token(logits, options, generator)
+        if token in stop:
+            yield DecodeStep(token, detok.push(None, final=True), finished=True, stopped=True)
+            return
+        last = step == options.max_new_tokens - 1
+        yield DecodeStep(token, detok.push(token, final=last), finished=last)
+        if last:
+            return
+        logits = feed(token, position)
+        position += 1

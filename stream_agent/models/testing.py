@@ -41,7 +41,6 @@ from transformers.models.llava_onevision.image_processing_pil_llava_onevision im
 from stream_agent.errors import ModelError
 from stream_agent.models.base import VideoLLM
 from stream_agent.models.loading import parse_device, parse_dtype
-from stream_agent.models.preprocess import frame_transform_from_settings
 from stream_agent.models.registry import adapter_class, get_family
 
 log = logging.getLogger(__name__)
@@ -323,8 +322,8 @@ def build_test_adapter(
     dev = parse_device(device)
     parts = build_parts(family, seed=seed, realistic=realistic)
     model = parts.model.to(device=dev, dtype=parse_dtype(dtype, dev))
-    transform = frame_transform_from_settings(parts.image_processor.to_dict())
     cls: Any = adapter_class(get_family(family))
+    transform = cls.transform_from_processor(parts.image_processor)
     adapter: VideoLLM = cls(
         model=model,
         tokenizer=parts.tokenizer,

@@ -234,3 +234,76 @@ def test_activations_match_their_definitions() -> None:
         activation("gelu_new")(x), F.gelu(x, approximate="tanh"), atol=1e-6, rtol=0
     )
     torch.testing.assert_close(activation("silu")(x), x * torch.sigmoid(x))
+
+
+@torch.no_grad()
+def test_group_mask_equals_attention_within_scattered_groups() -> None:
+    """Groups need not be contiguous: attention per group, gathered back to token order."""
+    from cacher.layers import group_mask
+
+    layer = make_layer(12)
+    h = torch.randn(1, 8, D, generator=torch.Generator().manual_seed(13))
+    groups = torch.tensor([0, 1, 0, 2, 1, 0, 2, 2])
+    qkv = project_qkv(layer, h)
+    masked = attend(layer, qkv.q, qkv.k, qkv.v, group_mask(groups))
+    for g in range(3):
+        idx = (groups == g).nonzero().flatten()
+        alone = attend(layer, qkv.q[:, :, idx], qkv.k[:, :, idx], qkv.v[:, :, idx])
+        torch.testing.assert_close(masked[:, idx], alone, atol=1e-6, rtol=0)
+    contiguous = torch.repeat_interleave(torch.arange(2), torch.tensor([3, 5]))
+    assert torch.equal(group_mask(contiguous), segment_mask([3, 5]))
+    with pytest.raises(LayerSpecError, match="one-dimensional"):
+        group_mask(groups[None])
+
+
+@torch.no_grad()
+def test_encoder_forward_masks_gives_each_layer_its_own_mask() -> None:
+    from cacher.layers import encoder_forward_masks
+
+    layers = [make_layer(s) for s in range(3)]
+    h0 = torch.randn(1, 6, D, generator=torch.Generator().manual_seed(14))
+    window = segment_mask([2, 4])
+    out = encoder_forward_masks(layers, h0, masks=(window, None, window), keep=(0, 2, -1))
+    h1 = layer_forward(layers[0], h0, mask=window)
+    h2 = layer_forward(layers[1], h1)
+    h3 = layer_forward(layers[2], h2, mask=window)
+    assert out.keep == (0, 2, 3) and out.hidden_states[0] is h0
+    torch.testing.assert_close(out.hidden_states[1], h2, atol=0, rtol=0)
+    torch.testing.assert_close(out.last, h3, atol=0, rtol=0)
+    same = encoder_forward_masks(layers, h0, masks=(None,) * 3, keep=(-1,))
+    torch.testing.assert_close(same.last, encoder_forward(layers, h0).last, atol=0, rtol=0)
+    assert (out.last - same.last).abs().max() > 1e-3  # the masks matter
+    with pytest.raises(LayerSpecError, match="2 attention masks for 3 layers"):
+        encoder_forward_masks(layers, h0, masks=(None, None))
+    with pytest.raises(LayerSpecError, match="out of range"):
+        encoder_forward_masks(layers, h0, masks=(None,) * 3, keep=(5,))
+
+
+@torch.no_grad()
+def test_partial_projections_equal_project_qkv() -> None:
+    """project_keys / project_queries_values give project_qkv's parts, separate or fused."""
+    from cacher.layers import project_keys, project_queries_values
+
+    layer = make_layer(12)
+    assert isinstance(layer.qkv, SeparateQKV)
+    parts = (layer.qkv.q, layer.qkv.k, layer.qkv.v)
+    fused = EncoderLayer(
+        layer.norm1,
+        FusedQKV(Linear(torch.cat([p.weight for p in parts]), torch.cat([p.bias for p in parts]))),  # type: ignore[misc]
+        layer.out,
+        layer.norm2,
+        layer.mlp,
+        HEADS,
+        HD,
+        layer.scale,
+    )
+    gen = torch.Generator().manual_seed(13)
+    h = torch.randn(1, 5, D, generator=gen)
+    angles = torch.randn(5, HD, generator=gen)
+    for rotary in (None, Rotary(angles.cos(), angles.sin())):
+        for record in (layer, fused):
+            full = project_qkv(record, h, rotary)
+            q, v = project_queries_values(record, h, rotary)
+            torch.testing.assert_close(project_keys(record, h, rotary), full.k, atol=1e-6, rtol=0)
+            torch.testing.assert_close(q, full.q, atol=1e-6, rtol=0)
+            torch.testing.assert_close(v, full.v, atol=1e-6, rtol=0)

@@ -62,9 +62,10 @@ def register(subparsers: Any) -> None:
 
 
 async def _read_frames(
-    path: Path, count: int, on_frame: Callable[[npt.NDArray[np.uint8]], None]
+    path: Path, count: int, on_frame: Callable[[npt.NDArray[np.uint8], float], None]
 ) -> int:
-    """Give ``on_frame`` up to ``count`` frames spread uniformly over ``path``; return how many."""
+    """Give ``on_frame(image, seconds)`` up to ``count`` frames spread uniformly over ``path``;
+    return how many."""
     from ingest import IngestError, IngestOptions, SourceSpec, open_source, probe_source
     from stream_agent.models.reference import uniform_indices
 
@@ -89,7 +90,7 @@ async def _read_frames(
             async for frame in source:
                 if wanted is not None and frame.seq not in wanted:
                     continue
-                on_frame(frame.image)
+                on_frame(frame.image, frame.pts)
                 taken += 1
                 if taken == count:
                     break
@@ -154,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
     builder = PromptBuilder(model, args.question, system=args.system)
     bar = _ProgressBar(args.frames, "encoding frames", sys.stderr)
 
-    def add(frame: npt.NDArray[np.uint8]) -> None:
-        builder.add_frame(frame)
+    def add(frame: npt.NDArray[np.uint8], seconds: float) -> None:
+        builder.add_frame(frame, seconds)
         bar.update(builder.frames)
 
     try:

@@ -323,8 +323,47 @@ class VideoLLM(LanguageModel):
     # ----------------------------------------------------------------------------- video text
 
     @abstractmethod
-    def visual_chunk(self, tokens: VisualTokens, start: int) -> LMChunk:
-        """One step of visual tokens placed from position ``start``."""
+    def visual_chunk(
+        self,
+        tokens: VisualTokens,
+        start: int,
+        *,
+        step: int = 0,
+        seconds_per_step: float = 1.0,
+    ) -> LMChunk:
+        """Step ``step`` (0-based, within the current video) of visual tokens, placed from the
+        running position ``start``.
+
+        Families with 1-D positions ignore ``step`` and ``seconds_per_step``; Qwen2-VL's M-RoPE
+        needs both (the temporal position of step k; see its adapter). Prefer
+        :meth:`video_step_chunk`, which adds the family's per-step text.
+        """
+
+    def video_step_chunk(
+        self,
+        tokens: VisualTokens,
+        start: int,
+        *,
+        step: int,
+        timestamp: float,
+        seconds_per_step: float = 1.0,
+        keep: torch.Tensor | Sequence[int] | None = None,
+    ) -> LMChunk:
+        """The whole LM input of video step ``step`` at ``timestamp`` seconds from the start of
+        the video: the family's opening text, the visual tokens (only the rows ``keep``, at their
+        original positions, when a pruner chose some), and its closing text.
+
+        This is the one place that lays out a step, so the reference path, the memory and the
+        daemon lay out every family the same way.
+        """
+        opening = self.frame_open_chunk(start, timestamp=timestamp)
+        visual = self.visual_chunk(
+            tokens, opening.next_position, step=step, seconds_per_step=seconds_per_step
+        )
+        if keep is not None:
+            visual = visual.select(keep)
+        closing = self.frame_close_chunk(visual.next_position)
+        return LMChunk.concat([opening, visual, closing])
 
     @abstractmethod
     def video_end_chunk(self, start: int) -> LMChunk:

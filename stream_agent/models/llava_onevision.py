@@ -283,8 +283,15 @@ class LlavaOnevisionAdapter(VideoLLM):
     def text_chunk(self, ids: Sequence[int] | torch.Tensor, start: int) -> LMChunk:
         return self._chunk(self.embed_text(ids), start)
 
-    def visual_chunk(self, tokens: VisualTokens, start: int) -> LMChunk:
-        return self._chunk(tokens.embeds, start)
+    def visual_chunk(
+        self,
+        tokens: VisualTokens,
+        start: int,
+        *,
+        step: int = 0,
+        seconds_per_step: float = 1.0,
+    ) -> LMChunk:
+        return self._chunk(tokens.embeds, start)  # 1-D positions: the step needs no offset
 
     def video_end_chunk(self, start: int) -> LMChunk:
         return self._chunk(self._inner.image_newline.detach()[None], start)

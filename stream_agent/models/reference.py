@@ -72,17 +72,32 @@ def _check_room(model: VideoLLM, chunk: LMChunk) -> None:
 class PromptBuilder:
     """Builds the reference prompt incrementally, frame by frame as frames arrive.
 
-    Construction prefills the prompt's prefix; :meth:`add_frame` encodes one frame and prefills
-    its visual tokens; :meth:`finish` closes the video, prefills the question and returns the
-    :class:`PreparedPrompt` to decode from.
+    Construction prefills the prompt's prefix; :meth:`add_frame` takes one frame and, once the
+    family's step is complete (two frames for Qwen2-VL's temporal patches, one otherwise),
+    encodes the step and prefills it with the family's per-step text; :meth:`finish` encodes a
+    last partial step, closes the video, prefills the question and returns the
+    :class:`PreparedPrompt` to decode from. ``seconds_per_frame`` is the sampling interval, used
+    for frames added without a timestamp and for the time one step covers.
     """
 
-    def __init__(self, model: VideoLLM, question: str, *, system: str | None = None) -> None:
+    def __init__(
+        self,
+        model: VideoLLM,
+        question: str,
+        *,
+        system: str | None = None,
+        seconds_per_frame: float = 1.0,
+    ) -> None:
+        if seconds_per_frame <= 0:
+            raise InputError(f"seconds_per_frame must be positive, got {seconds_per_frame}")
         self.model = model
         self.layout = model.build_prompt(question, system=system)
         self.cache = model.new_cache()
         self.frames = 0
         self.tokens = 0
+        self.steps = 0
+        self.seconds_per_frame = seconds_per_frame
+        self._pending: list[tuple[npt.NDArray[np.uint8], float]] = []
         self._finished = False
         self._position = self._feed(model.text_chunk(self.layout.prefix_ids, 0))[0]
 
@@ -94,13 +109,33 @@ class PromptBuilder:
         logits = self.model.prefill(self.cache, chunk, want_logits=want_logits)
         return chunk.next_position, logits
 
-    def add_frame(self, frame: npt.NDArray[np.uint8]) -> None:
-        """Encode one RGB frame and prefill its visual tokens."""
+    def add_frame(self, frame: npt.NDArray[np.uint8], timestamp: float | None = None) -> None:
+        """Add one RGB frame taken ``timestamp`` seconds into the video (by default its index
+        times ``seconds_per_frame``); a complete step is encoded and prefilled at once."""
         if self._finished:
             raise InputError("the prompt is finished; start a new one to add frames")
-        for step in self.model.encode_frames([frame]):
-            self._position = self._feed(self.model.visual_chunk(step, self._position))[0]
+        if timestamp is None:
+            timestamp = self.frames * self.seconds_per_frame
+        self._pending.append((frame, timestamp))
         self.frames += 1
+        if len(self._pending) >= self.model.vision_spec.frames_per_step:
+            self._encode_pending()
+
+    def _encode_pending(self) -> None:
+        frames = [f for f, _ in self._pending]
+        timestamp = self._pending[0][1]
+        self._pending.clear()
+        per_step = self.model.vision_spec.frames_per_step
+        for tokens in self.model.encode_frames(frames):
+            chunk = self.model.video_step_chunk(
+                tokens,
+                self._position,
+                step=self.steps,
+                timestamp=timestamp,
+                seconds_per_step=per_step * self.seconds_per_frame,
+            )
+            self._position = self._feed(chunk)[0]
+            self.steps += 1
 
     def finish(self) -> PreparedPrompt:
         """Close the video, prefill the question; the prompt is then ready to decode."""
@@ -108,6 +143,8 @@ class PromptBuilder:
             raise InputError("no frames to answer from")
         if self._finished:
             raise InputError("the prompt is already finished")
+        if self._pending:
+            self._encode_pending()
         self._finished = True
         end = self.model.video_end_chunk(self._position)
         if len(end):
@@ -127,12 +164,13 @@ def prepare_prompt(
     *,
     system: str | None = None,
     on_frame: Callable[[int], None] | None = None,
+    seconds_per_frame: float = 1.0,
 ) -> PreparedPrompt:
-    """Encode and prefill ``frames`` (one at a time, as they arrive) and ``question``.
+    """Encode and prefill ``frames`` (as they arrive, one step at a time) and ``question``.
 
-    ``on_frame(i)`` is called after frame ``i`` (1-based) is in the cache.
+    ``on_frame(i)`` is called after frame ``i`` (1-based) is taken.
     """
-    builder = PromptBuilder(model, question, system=system)
+    builder = PromptBuilder(model, question, system=system, seconds_per_frame=seconds_per_frame)
     for frame in frames:
         builder.add_frame(frame)
         if on_frame is not None:

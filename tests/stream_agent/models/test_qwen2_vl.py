@@ -48,6 +48,7 @@ from stream_agent.models.qwen2_vl_testing import (
     qwen2_vl_config,
     qwen_tokenizer,
 )
+from stream_agent.models.reference import prepare_prompt
 from stream_agent.models.testing import MARKER_FILE, build_parts, build_test_adapter
 
 FAMILIES = ("qwen2_vl", "qwen2_5_vl")
@@ -320,6 +321,24 @@ def test_chunked_prefill_equals_the_library_one_shot_forward(
     one_logits = model.prefill(one_shot, whole, want_logits=True)
     assert one_logits is not None
     assert_scaled_close(one_logits, logits)
+
+
+@torch.no_grad()
+def test_reference_path_feeds_frame_pairs_as_steps_of_one_video(model: QwenVLAdapter) -> None:
+    """The reference path takes frames one at a time (an odd count included) and lays them out
+    as the library does one video: pairs as temporal patches, steps of one M-RoPE video."""
+    images = frames(5, seed=3)
+    prepared = prepare_prompt(model, images, QUESTION, seconds_per_frame=0.25)
+    assert prepared.frames == 5
+    pixels = model.preprocess([*images, images[-1]])  # the library pads a last odd frame
+    ids = library_ids(model, pixels)
+    out = model.model(
+        input_ids=ids,
+        mm_token_type_ids=(ids == model.model.config.video_token_id).int() * 2,
+        **video_kwargs(model, pixels, seconds=0.5),
+    )
+    assert prepared.prompt_tokens == ids.shape[1]
+    assert_scaled_close(prepared.logits, out.logits[0, -1])
 
 
 @torch.no_grad()

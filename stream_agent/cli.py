@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "ask-file": "ask_file",
     "check-config": "check_config",
     "ask": "ask",
+    "serve": "serve",
 }
 
 

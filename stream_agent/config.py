@@ -192,9 +192,14 @@ class ModelConfig(_Section):
 class CacherConfig(_Section):
     """STC-Cacher: reuse vision-encoder work where the picture did not change."""
 
-    method: Literal["stc", "none"] = "stc"
+    method: Literal["stc", "adaptive", "none"] = "stc"
+    """stc: the released STC-Cacher (a fixed schedule and share); adaptive: the share recomputed
+    follows how much the scene changed, and the reference refreshes when it drifts; none: every
+    frame in full."""
     update_token_ratio: float = Field(default=0.25, gt=0, le=1)
     cache_interval: int = Field(default=2, ge=1)
+    cache_half_precision: bool = False
+    """Keep each stream's cached reference in float16 (halves its memory; meant for GPUs)."""
 
 
 class PrunerConfig(_Section):
@@ -657,6 +662,7 @@ def from_flags(
     token_file: Path | None = None,
     device: str | None = None,
     store_dir: Path | None = None,
+    max_new_tokens: int | None = None,
 ) -> DaemonConfig:
     """The config for ``serve --source ... --model ...`` without a file; defaults elsewhere.
 
@@ -689,6 +695,8 @@ def from_flags(
         model_section["path" if looks_local else "id"] = model
     if device is not None:
         model_section["device"] = device
+    if max_new_tokens is not None:
+        model_section["max_new_tokens"] = max_new_tokens
     if model_section:
         data["model"] = model_section
     if store_dir is not None:
@@ -703,6 +711,7 @@ def from_flags(
         "model": "--model",
         "device": "--device",
         "store_dir": "--store-dir",
+        "max_new_tokens": "--max-new-tokens",
     }
     try:
         return DaemonConfig.model_validate(data, context={"base_dir": None})

@@ -40,11 +40,27 @@ from stream_agent.engine.records import (
 )
 from stream_agent.engine.stream import AnswerStream
 from stream_agent.engine.worker import Worker
+from stream_agent.errors import StreamAgentError
 from stream_agent.metrics import DaemonMetrics
 
 log = logging.getLogger(__name__)
 
 ShutdownMode = Literal["finish", "cancel"]
+FailureCode = Literal["internal", "busy", "bad_request", "unknown_camera"]
+_REFUSAL_CODES: dict[str, FailureCode] = {
+    "bad_request": "bad_request",
+    "unknown_camera": "unknown_camera",
+    "busy": "busy",
+}
+
+
+def refusal_code(exc: BaseException) -> FailureCode | None:
+    """The protocol code of a worker error that refuses a question as asked (a
+    :class:`~stream_agent.errors.StreamAgentError` whose ``code`` is ``bad_request``,
+    ``unknown_camera`` or ``busy``); None for a failure (reported as ``internal``)."""
+    if isinstance(exc, StreamAgentError):
+        return _REFUSAL_CODES.get(exc.code)
+    return None
 
 
 class Engine:
@@ -358,8 +374,13 @@ class Engine:
                 if callable(close):
                     close()
         except Exception as exc:
-            log.exception("engine: answering question %s failed", question.request_id)
-            self._fail(item, f"the answer failed: {type(exc).__name__}: {exc}")
+            code = refusal_code(exc)
+            if code is None:
+                log.exception("engine: answering question %s failed", question.request_id)
+                self._fail(item, f"the answer failed: {type(exc).__name__}: {exc}")
+            else:  # the worker refused the question as asked: the client's error, not ours
+                log.info("engine: question %s refused (%s): %s", question.request_id, code, exc)
+                self._fail(item, str(exc), code=code)
             return
         end = time.monotonic()
         cancelled = done is None and item.cancel.is_set()
@@ -411,9 +432,7 @@ class Engine:
         with self._lock:
             self._live.pop(id(item), None)
 
-    def _fail(
-        self, item: QuestionItem, message: str, code: Literal["internal", "busy"] = "internal"
-    ) -> None:
+    def _fail(self, item: QuestionItem, message: str, code: FailureCode = "internal") -> None:
         if self._metrics is not None:
             self._metrics.answers.inc(outcome="failed")
         item.deliver(Failed(code=code, message=message))

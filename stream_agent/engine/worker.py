@@ -35,7 +35,10 @@ class Worker(Protocol):
         """Stream the answer: ``TextDelta``s, then one ``AnswerDone`` with the evidence.
 
         Check ``cancel`` between tokens and stop early when it is set (the engine also stops
-        reading the iterator and closes it). Raising fails only this question.
+        reading the iterator and closes it). Raising fails only this question: a
+        ``StreamAgentError`` whose ``code`` is ``bad_request``, ``unknown_camera`` or ``busy``
+        reaches the client with that code and its message (the question was refused as asked),
+        anything else as ``internal``.
         """
         ...
 

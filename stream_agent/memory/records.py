@@ -1,0 +1,170 @@
+"""Records the memory takes and hands out: small frozen dataclasses, no loose dicts."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from stream_agent.memory.errors import QuestionError
+from stream_agent.memory.layout import BlockLayout
+
+
+@dataclass(frozen=True, slots=True)
+class FrameStamp:
+    """Where a block comes from: the frame's sequence number and timestamps.
+
+    ``pts`` is stream seconds, ``wall`` Unix seconds, both of the block's first frame; the ``_end``
+    values are of its last frame (a block may span several frames, e.g. Qwen2-VL's two) and
+    default to the start.
+    """
+
+    seq: int
+    pts: float
+    wall: float
+    pts_end: float | None = None
+    wall_end: float | None = None
+
+    @property
+    def end_pts(self) -> float:
+        return self.pts if self.pts_end is None else self.pts_end
+
+    @property
+    def end_wall(self) -> float:
+        return self.wall if self.wall_end is None else self.wall_end
+
+
+@dataclass(frozen=True, slots=True)
+class TimeRange:
+    """Bounds (Unix seconds, inclusive; None = open) on the wall time of retrievable blocks."""
+
+    since: float | None = None
+    until: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.since is not None and self.until is not None and self.since > self.until:
+            raise QuestionError(
+                f"the time range starts ({self.since}) after it ends ({self.until}); swap them"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class BlockMeta:
+    """One stored block, as the index records it.
+
+    Its keys are stored post-RoPE at the positions it was encoded at, ``layout.positions``;
+    ``layout`` also says how to lay it out elsewhere (:mod:`~stream_agent.memory.layout`).
+    ``segment``/``offset``/``length`` locate its bytes; ``crcs`` hold one CRC-32 per layer
+    slice.
+    """
+
+    stream: str
+    block_id: int
+    seq: int
+    pts_start: float
+    pts_end: float
+    wall_start: float
+    wall_end: float
+    tokens: int
+    segment: int
+    offset: int
+    length: int
+    crcs: tuple[int, ...]
+    layout: BlockLayout
+
+    @property
+    def span(self) -> int:
+        """Positions the block advanced the sequence by when encoded."""
+        return self.layout.span
+
+    @property
+    def key_base(self) -> int:
+        """The position the block started at when encoded."""
+        return self.layout.start
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """A block an answer was built from.
+
+    ``score`` is the share of the LLM's layers that retrieved the block (1.0 for the recent blocks,
+    which every layer sees); ``relevance`` the mean over those layers of the score that picked
+    it (internal retrieval: the question's mean query . the block's mean key; embedding
+    retrieval: max-sim of the question's embeddings with its sketch); None for recent blocks.
+    """
+
+    stream: str
+    seq: int
+    pts_start: float
+    pts_end: float
+    wall_start: float
+    wall_end: float
+    score: float
+    relevance: float | None
+    recent: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerTimings:
+    """``ttft_s``: from the call to the first text; ``retrieval_s``: the question's layer pass
+    (retrieval, loading, prefill); ``tokens_per_s``: decoding rate after the first token."""
+
+    ttft_s: float | None
+    retrieval_s: float
+    tokens_per_s: float | None
+    total_s: float
+    context_tokens: int
+    blocks_loaded: int
+    disk_reads: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerDelta:
+    """The next piece of the answer's text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerFinal:
+    """The last event of an answer: whole text, token ids, evidence (in time order), timings."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    evidence: tuple[Evidence, ...]
+    timings: AnswerTimings
+    finish_reason: Literal["stop", "length", "cancelled"]
+
+
+AnswerEvent = AnswerDelta | AnswerFinal
+
+
+@dataclass(frozen=True, slots=True)
+class StreamStatus:
+    """One stream's memory, for metrics: sizes and the newest moment it holds."""
+
+    stream: str
+    blocks: int
+    tokens: int
+    window_tokens: int
+    ram_bytes: int
+    disk_bytes: int
+    frames_encoded: int
+    oldest_wall: float | None
+    last_pts: float | None
+    last_wall: float | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class EncodedBlock:
+    """What encoding one block produced: its keys/values per layer (post-RoPE, rotated at
+    ``layout.positions``), each ``(layers, kv_heads, tokens, head_dim)``, its representative
+    keys ``(layers, kv_heads * head_dim)`` (mean pre-RoPE key) and its embedding sketch
+    ``(vectors, hidden)``."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    rep_keys: torch.Tensor
+    sketch: torch.Tensor
+    layout: BlockLayout

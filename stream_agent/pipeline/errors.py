@@ -1,0 +1,19 @@
+"""Errors of the daemon's pipeline (worker, camera feeds), under ``StreamAgentError``."""
+
+from __future__ import annotations
+
+from stream_agent.errors import ModelError, StreamAgentError
+
+
+class PipelineError(StreamAgentError):
+    """Base of the pipeline's errors."""
+
+
+class NothingSeenError(PipelineError):
+    """A question names a camera (or all cameras) whose memory holds no frame yet."""
+
+    code = "unknown_camera"
+
+
+class ModelUnavailableError(ModelError):
+    """The configured model cannot be loaded; the message says how to point at one that can."""

@@ -1,0 +1,350 @@
+"""The one place that calls the stage packages (cacher, pruner, memory) for the daemon.
+
+Everything the pipeline needs of them goes through the small functions and classes here: the
+daemon config's sections mapped onto each stage's own settings, one camera's vision chain
+(preprocess -> patch embedding -> STC-Cacher -> the family's head -> pruner -> memory chunks), and
+the memory's answers mapped onto the engine's records. Their APIs are young; when one changes,
+this module is what changes with it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+import cacher
+import pruner
+from stream_agent.config import CacherConfig, PrunerConfig
+from stream_agent.engine.records import (
+    AnswerDone,
+    AnswerEvent,
+    FrameLike,
+    Moment,
+    TextDelta,
+)
+from stream_agent.errors import ConfigError
+from stream_agent.memory import (
+    AnswerDelta,
+    AnswerFinal,
+    Evidence,
+    FrameStamp,
+    Memory,
+    MemoryOptions,
+    StoreError,
+    StreamStatus,
+    TimeRange,
+)
+from stream_agent.models.base import VideoLLM
+from stream_agent.models.records import DecodeOptions, VisualTokens
+
+log = logging.getLogger(__name__)
+
+# Families whose vision merger concatenates 2x2 windows of raster-ordered patches: the cacher
+# must reuse or recompute such a window whole.
+_WINDOW_MERGE_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl"})
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+# ---------------------------------------------------------------------------------------------
+
+
+def cacher_settings(section: CacherConfig, model: VideoLLM) -> cacher.CacherConfig:
+    """The daemon's ``cacher`` section as the cacher's config, fitted to the model's family.
+
+    ``stc`` is the released STC-Cacher (``paper`` mode: every ``cache_interval``-th frame in
+    full, the ``update_token_ratio`` share of tokens recomputed on the others); ``adaptive`` the
+    cacher's change-driven mode with its default options; ``none`` encodes every frame in full
+    through the same layer code.
+    """
+    grouped = model.family in _WINDOW_MERGE_FAMILIES
+    modes: dict[str, cacher.Mode] = {"stc": "paper", "adaptive": "adaptive", "none": "off"}
+    return cacher.CacherConfig(
+        mode=modes[section.method],
+        cache_dtype="float16" if section.cache_half_precision else "same",
+        cache_interval=section.cache_interval,
+        update_token_ratio=section.update_token_ratio,
+        group_size=4 if grouped else 1,
+        group_layout="window" if grouped else "consecutive",
+    )
+
+
+def pruner_settings(section: PrunerConfig) -> pruner.PrunerConfig:
+    """The daemon's ``pruner`` section as the pruner's config (a per-frame token budget)."""
+    if section.keep_ratio is not None:
+        budget = pruner.Budget(ratio=section.keep_ratio)
+    elif section.tokens_per_frame is not None:
+        budget = pruner.Budget(tokens=section.tokens_per_frame)
+    else:
+        budget = pruner.Budget(ratio=1.0)
+    return pruner.PrunerConfig(method=section.method, budget=budget)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainSettings:
+    """What every camera's vision chain is built with."""
+
+    cacher: cacher.CacherConfig
+    pruner: pruner.PrunerConfig
+
+
+def chain_settings(
+    cacher_section: CacherConfig, pruner_section: PrunerConfig, model: VideoLLM
+) -> ChainSettings:
+    """Both stages' settings; a combination they reject is a :class:`ConfigError`."""
+    try:
+        return ChainSettings(
+            cacher_settings(cacher_section, model), pruner_settings(pruner_section)
+        )
+    except (cacher.CacherError, pruner.PrunerError) as exc:
+        raise ConfigError(f"the cacher/pruner settings do not work together: {exc}") from exc
+
+
+def open_memory(model: VideoLLM, options: MemoryOptions) -> Memory:
+    """The memory of every camera over ``model``; loads what ``options.store_dir`` holds."""
+    try:
+        options.store_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the memory folder {options.store_dir}: {exc.strerror}; choose "
+            "another memory.store_dir (--store-dir)"
+        ) from exc
+    return Memory(model, options)
+
+
+# ---------------------------------------------------------------------------------------------
+# One camera's vision chain
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Block:
+    """What one step of a camera adds to its memory: its visual tokens, the rows the pruner
+    kept (and their merged values, if it merged), where it comes from and the time it covers."""
+
+    tokens: VisualTokens
+    stamp: FrameStamp
+    keep: torch.Tensor
+    embeds: torch.Tensor | None
+    seconds_per_step: float
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class _Held:
+    """A step the pruner has not decided on yet (a windowed method holds a few back)."""
+
+    tokens: VisualTokens
+    stamp: FrameStamp
+    seconds_per_step: float
+
+
+@dataclass(frozen=True, slots=True)
+class ChainStats:
+    """One camera's compression so far (None before any frame)."""
+
+    cacher_reuse_share: float | None
+    pruner_kept_share: float | None
+    resets: int
+
+
+class VisionChain:
+    """One camera's frames -> memory blocks: preprocess, patch embedding, STC-Cacher, the
+    family's head, the pruner. Frames are grouped into the model's steps (two frames per step
+    for Qwen2-VL; a lone frame waits for its partner). Not thread-safe (the engine thread)."""
+
+    def __init__(
+        self,
+        camera: str,
+        model: VideoLLM,
+        settings: ChainSettings,
+    ) -> None:
+        self.camera = camera
+        self._model = model
+        spec = model.vision_spec
+        self._frames_per_step = max(1, spec.frames_per_step)
+        self._patch_size = spec.patch_size
+        self._window_groups = settings.cacher.group_layout == "window"
+        self._cacher = cacher.StreamCacher(
+            model.vision_layers, settings.cacher, keep=spec.feature_layers, stream_id=camera
+        )
+        self._pruner = pruner.make_pruner(settings.pruner)
+        self._waiting: list[FrameLike] = []
+        self._held: dict[int, _Held] = {}
+        self._pushed = 0  # the pruner numbers frames by how many were pushed before
+        self._resets = 0
+        self._last_step_pts: float | None = None
+
+    # --- frames in, blocks out -------------------------------------------------------------
+
+    @torch.no_grad()
+    def add(self, frames: Sequence[FrameLike]) -> list[Block]:
+        """Encode ``frames`` (oldest first); return the blocks ready for the memory."""
+        blocks: list[Block] = []
+        for frame in frames:
+            self._waiting.append(frame)
+            if len(self._waiting) == self._frames_per_step:
+                step, self._waiting = self._waiting, []
+                blocks.extend(self._step(step))
+        return blocks
+
+    def _step(self, frames: list[FrameLike]) -> list[Block]:
+        model = self._model
+        pixels = model.preprocess([f.image for f in frames])
+        embeds = model.embed_patches(pixels)[:1]  # one step: (1, N, D)
+        rotary, _ = model.vision_attention(pixels)
+        grid = None
+        if self._window_groups:
+            grid = (pixels.shape[-2] // self._patch_size, pixels.shape[-1] // self._patch_size)
+        encoded = self._cacher.encode(
+            embeds, rotary=rotary, mask=model.vision_layer_masks(pixels), grid=grid
+        )
+        tokens = model.tokens_from_hidden(cacher.stack_hidden([encoded]))[0]
+        first, last = frames[0], frames[-1]
+        stamp = FrameStamp(
+            seq=first.seq,
+            pts=first.pts,
+            wall=first.wall_time,
+            pts_end=last.pts,
+            wall_end=last.wall_time,
+        )
+        # the time one step covers, from the sampling itself (the model's temporal positions
+        # of families that place steps in time, Qwen2.5-VL, depend on it)
+        previous, self._last_step_pts = self._last_step_pts, first.pts
+        covered = first.pts - previous if previous is not None else 0.0
+        seconds = covered if covered > 0 else float(self._frames_per_step)
+        selections = self._pruner.push(tokens.embeds, tokens.grid, first.pts)
+        self._held[self._pushed] = _Held(tokens, stamp, seconds)
+        self._pushed += 1
+        return self._blocks(selections)
+
+    def _blocks(self, selections: Sequence[pruner.Selection]) -> list[Block]:
+        blocks = []
+        for selection in selections:
+            held = self._held.pop(selection.frame_index)
+            merged = selection.tokens if selection.merged is not None else None
+            blocks.append(
+                Block(held.tokens, held.stamp, selection.indices, merged, held.seconds_per_step)
+            )
+        return blocks
+
+    def drain(self) -> list[Block]:
+        """The blocks of frames the pruner still holds back (its stream state is kept)."""
+        return self._blocks(self._pruner.flush())
+
+    def reset(self) -> list[Block]:
+        """The source reconnected: drain, then forget the cacher's reference, the pruner's
+        history and a frame waiting for its step partner. Returns the drained blocks."""
+        blocks = self.drain()
+        self._cacher.reset()
+        self._pruner.reset()
+        self._held.clear()
+        self._waiting.clear()
+        self._last_step_pts = None
+        self._resets += 1
+        return blocks
+
+    # --- statistics ------------------------------------------------------------------------
+
+    def stats(self) -> ChainStats:
+        counters = self._cacher.counters
+        reuse = 1.0 - counters.recomputed_share if counters.token_layers else None
+        pruned = self._pruner.stats()
+        kept = pruned.tokens_out / pruned.tokens_in if pruned.tokens_in else None
+        return ChainStats(cacher_reuse_share=reuse, pruner_kept_share=kept, resets=self._resets)
+
+
+def append_blocks(memory: Memory, camera: str, blocks: Sequence[Block]) -> None:
+    """Encode ``blocks`` into ``camera``'s stream of the memory, in order."""
+    for block in blocks:
+        memory.append_step(
+            camera,
+            block.tokens,
+            block.stamp,
+            keep=block.keep,
+            embeds=block.embeds,
+            seconds_per_step=block.seconds_per_step,
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Answers and status
+# ---------------------------------------------------------------------------------------------
+
+
+def memory_streams(memory: Memory) -> tuple[str, ...]:
+    return memory.streams
+
+
+def memory_status(memory: Memory) -> tuple[StreamStatus, ...]:
+    return memory.status()
+
+
+def answer_events(
+    memory: Memory,
+    text: str,
+    *,
+    camera: str | None,
+    since: float | None,
+    until: float | None,
+    options: DecodeOptions,
+    cancel: threading.Event,
+) -> Iterator[AnswerEvent]:
+    """The memory's answer as engine events: ``TextDelta``s, then one ``AnswerDone`` with the
+    evidence best first. A cancelled answer just ends (the engine reports the cancel)."""
+    time_range = None if since is None and until is None else TimeRange(since, until)
+    events = memory.answer(
+        text,
+        stream=camera,
+        time_range=time_range,
+        options=options,
+        cancel=cancel,
+    )
+    try:
+        for event in events:
+            if isinstance(event, AnswerDelta):
+                if event.text:
+                    yield TextDelta(event.text)
+            elif isinstance(event, AnswerFinal):
+                if event.finish_reason == "cancelled":
+                    return
+                reason: Literal["stop", "length"] = (
+                    "stop" if event.finish_reason == "stop" else "length"
+                )
+                yield AnswerDone(
+                    evidence=moments(event.evidence),
+                    tokens=len(event.token_ids),
+                    finish_reason=reason,
+                )
+                return
+    finally:
+        close = getattr(events, "close", None)
+        if callable(close):
+            close()
+
+
+def moments(evidence: Sequence[Evidence]) -> tuple[Moment, ...]:
+    """The memory's evidence as engine moments, best first: by the share of layers that used
+    the block, then by retrieval relevance, then newest first."""
+
+    def rank(e: Evidence) -> tuple[float, float, float]:
+        relevance = e.relevance if e.relevance is not None and math.isfinite(e.relevance) else 0.0
+        return (e.score, relevance, e.wall_end)
+
+    ordered = sorted(evidence, key=rank, reverse=True)
+    return tuple(
+        Moment(
+            camera=e.stream,
+            start_pts=e.pts_start,
+            end_pts=e.pts_end,
+            start_wall=e.wall_start,
+            end_wall=e.wall_end,
+            score=float(e.score),
+        )
+        for e in ordered
+    )

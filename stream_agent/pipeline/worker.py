@@ -1,0 +1,208 @@
+"""The real :class:`~stream_agent.engine.Worker`: the video LLM, one vision chain per camera and
+the ReKV memory of all cameras, driven by the engine thread.
+
+``open`` loads the model (through the loader the daemon passes: a local folder or a hub id) and
+opens the memory over its store, which brings back what earlier runs stored. ``encode`` runs each
+frame through its camera's chain (preprocess, patch embedding, STC-Cacher, the family's head,
+the pruner) and appends the resulting blocks to the camera's memory stream. ``answer`` asks the
+memory and streams its text, ending with the moments it used. ``flush`` writes everything to
+disk; ``close`` releases the memory and the model.
+
+When a frame's source session differs from the previous frame's (the camera reconnected), the
+camera's cacher reference and pruner history are dropped first, so that no frame is compared with
+a picture from before the break.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable, Iterator
+
+from stream_agent.config import DaemonConfig
+from stream_agent.engine.records import (
+    AnswerEvent,
+    CameraMemory,
+    FrameBatch,
+    Question,
+    WorkerStatus,
+)
+from stream_agent.memory import Memory, MemoryOptions
+from stream_agent.models.base import VideoLLM
+from stream_agent.models.records import DecodeOptions
+from stream_agent.pipeline.errors import NothingSeenError
+from stream_agent.pipeline.frames import session_of
+from stream_agent.pipeline.stages import (
+    ChainSettings,
+    VisionChain,
+    answer_events,
+    append_blocks,
+    chain_settings,
+    memory_status,
+    memory_streams,
+    open_memory,
+)
+
+log = logging.getLogger(__name__)
+
+ModelLoader = Callable[[], VideoLLM]
+
+
+class _Camera:
+    """A camera's chain and the session of its last frame."""
+
+    def __init__(self, chain: VisionChain) -> None:
+        self.chain = chain
+        self.session: int | None = None
+
+
+class ModelWorker:
+    """Implements the engine's Worker protocol over a video LLM and the memory.
+
+    ``load`` builds the model (called once, on the engine thread, in :meth:`open`);
+    ``model_name`` is what clients are told; ``decode`` overrides the decoding options (default:
+    greedy, ``model.max_new_tokens``, the checkpoint's stop tokens). ``opened`` resolves when
+    :meth:`open` has finished (or carries its exception), so that the daemon can wait for the
+    model without polling.
+    """
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        load: ModelLoader,
+        model_name: str,
+        decode: DecodeOptions | None = None,
+    ) -> None:
+        self._config = config
+        self._load = load
+        self.model_name = model_name
+        self.opened: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._model: VideoLLM | None = None
+        self._memory: Memory | None = None
+        self._cameras: dict[str, _Camera] = {}
+        self._decode = decode or DecodeOptions(max_new_tokens=config.model.max_new_tokens)
+        self._settings: ChainSettings | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def open(self) -> None:
+        try:
+            model = self._load()
+            settings = chain_settings(self._config.cacher, self._config.pruner, model)
+            options = MemoryOptions.from_config(self._config.memory)
+            self._memory = open_memory(model, options)
+            self._settings = settings
+            self._model = model
+        except BaseException as exc:
+            self.opened.set_exception(exc)
+            raise
+        streams = memory_streams(self._memory)
+        log.info(
+            "worker ready: %s (%s on %s), memory of %d stored camera(s)%s",
+            self.model_name,
+            model.family,
+            model.device,
+            len(streams),
+            f": {', '.join(streams)}" if streams else "",
+        )
+        self.opened.set_result(None)
+
+    def flush(self) -> None:
+        memory = self._require_memory()
+        for name, camera in self._cameras.items():
+            append_blocks(memory, name, camera.chain.drain())
+        memory.flush()
+
+    def close(self) -> None:
+        memory, self._memory = self._memory, None
+        self._cameras.clear()
+        self._model = None
+        if memory is not None:
+            memory.close()
+
+    # --- work ------------------------------------------------------------------------------
+
+    def encode(self, batch: FrameBatch) -> None:
+        memory = self._require_memory()
+        camera = self._camera(batch.camera)
+        start = 0
+        frames = batch.frames
+        for i, frame in enumerate(frames):
+            session = session_of(frame)
+            if camera.session is not None and session != camera.session:
+                append_blocks(memory, batch.camera, camera.chain.add(frames[start:i]))
+                start = i
+                log.info(
+                    "worker: camera %s reconnected (session %d); its cacher and pruner start over",
+                    batch.camera,
+                    session,
+                )
+                append_blocks(memory, batch.camera, camera.chain.reset())
+            camera.session = session
+        append_blocks(memory, batch.camera, camera.chain.add(frames[start:]))
+
+    def answer(self, question: Question, cancel: threading.Event) -> Iterator[AnswerEvent]:
+        memory = self._require_memory()
+        streams = memory_streams(memory)
+        if question.camera is not None and question.camera not in streams:
+            raise NothingSeenError(
+                f"camera {question.camera!r} has not delivered any frame to the memory yet; "
+                "ask again once it is online"
+            )
+        if not streams:
+            raise NothingSeenError(
+                "no camera has delivered any frame to the memory yet; ask again once one is online"
+            )
+        # Frames a windowed pruner still holds back are part of what was seen: encode them now.
+        for name, camera in self._cameras.items():
+            if question.camera is None or name == question.camera:
+                append_blocks(memory, name, camera.chain.drain())
+        return answer_events(
+            memory,
+            question.text,
+            camera=question.camera,
+            since=question.since,
+            until=question.until,
+            options=self._decode,
+            cancel=cancel,
+        )
+
+    def status(self) -> WorkerStatus:
+        memory = self._memory
+        if memory is None:
+            return WorkerStatus(ready=False, reason="the model is not loaded", model=None)
+        cameras = []
+        for stream in memory_status(memory):
+            camera = self._cameras.get(stream.stream)
+            stats = camera.chain.stats() if camera is not None else None
+            cameras.append(
+                CameraMemory(
+                    camera=stream.stream,
+                    blocks=stream.blocks,
+                    ram_bytes=stream.ram_bytes,
+                    disk_bytes=stream.disk_bytes,
+                    frames_encoded=stream.frames_encoded,
+                    last_pts=stream.last_pts,
+                    last_wall=stream.last_wall,
+                    cacher_reuse_share=None if stats is None else stats.cacher_reuse_share,
+                    pruner_kept_share=None if stats is None else stats.pruner_kept_share,
+                )
+            )
+        return WorkerStatus(ready=True, model=self.model_name, cameras=tuple(cameras))
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _require_memory(self) -> Memory:
+        if self._memory is None:
+            raise RuntimeError("the worker is not open")
+        return self._memory
+
+    def _camera(self, name: str) -> _Camera:
+        camera = self._cameras.get(name)
+        if camera is None:
+            assert self._model is not None and self._settings is not None
+            camera = _Camera(VisionChain(name, self._model, self._settings))
+            self._cameras[name] = camera
+        return camera

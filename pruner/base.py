@@ -84,6 +84,12 @@ class StreamPruner(abc.ABC):
         return 0
 
     @property
+    def next_frame_index(self) -> int:
+        """The ``frame_index`` the next pushed frame gets (frames are counted from 0 and never
+        renumbered, not even by :meth:`reset`)."""
+        return self._next_index
+
+    @property
     def pending(self) -> int:
         """Frames pushed whose selections have not been returned yet."""
         return 0

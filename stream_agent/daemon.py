@@ -135,7 +135,8 @@ class Daemon:
         self.engine.start()
         try:
             await self.server.start()
-            await asyncio.wrap_future(self.worker.opened)
+            # shielded: a SIGTERM while the model loads must not cancel the worker's own future
+            await asyncio.shield(asyncio.wrap_future(self.worker.opened))
         except BaseException:
             await self._stop_core(drain_s=0.0, mode="cancel")
             raise

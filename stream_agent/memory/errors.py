@@ -25,7 +25,14 @@ class StoreMismatchError(StoreError):
 
 
 class CorruptBlockError(StoreError):
-    """A stored block's bytes fail their checksum or are missing (the block is dropped)."""
+    """A stored block's bytes fail their checksum or are missing (the block is dropped).
+
+    ``block`` is the index record of the block (a ``BlockMeta``) when one block is at fault;
+    None when a whole segment file cannot be opened."""
+
+    def __init__(self, message: str, block: object | None = None) -> None:
+        super().__init__(message)
+        self.block = block
 
 
 class UnknownStreamError(KVMemoryError):

@@ -162,12 +162,14 @@ class Memory:
             hidden=spec.hidden_size,
             position_dims=spec.position_dims,
             sketch_vectors=options.sketch_vectors,
-            segment_bytes=options.segment_bytes,
+            # the segment being written cannot be freed, so keep it a small share of the budget
+            segment_bytes=max(1, min(options.segment_bytes, options.disk_budget_bytes // 16)),
             fsync=options.fsync,
         )
         self.ram = BlockCache(options.ram_budget_bytes)
         self._streams: dict[str, _Stream] = {}
         self._closed = False
+        self._over_budget_warned = False
         self.disk_reads = 0
         for name in self.store.stream_names():
             self._open_stream(name)
@@ -197,9 +199,11 @@ class Memory:
         """Flush and release the store; the memory cannot be used afterwards."""
         if self._closed:
             return
-        self.store.flush()
-        self.store.close()
         self._closed = True
+        try:
+            self.store.flush()
+        finally:
+            self.store.close()
         log.info("memory closed (%s)", self.options.store_dir)
 
     def _check_open(self) -> None:
@@ -408,7 +412,7 @@ class Memory:
                     keys[layer].clone(),
                     values[layer].clone(),
                 )
-        self._evict(state)
+        self._evict()
         return meta
 
     # ----------------------------------------------------------------------------- eviction
@@ -429,25 +433,33 @@ class Memory:
         state.sketches.keep(keep)
         state.blocks = [m for m in state.blocks if m.block_id not in ids]
 
-    def _evict(self, state: _Stream) -> None:
-        blocks = state.blocks
-        evictable = max(0, len(blocks) - self._protected(state))
-        cutoff = blocks[-1].wall_end - self.options.retention_s if blocks else 0.0
-        stale = []
-        for meta in blocks[:evictable]:
-            if meta.wall_end >= cutoff:
-                break
-            stale.append(meta)
-        if stale:
-            self._drop(state, stale)
-            log.info(
-                "memory: %d block(s) of %r passed the retention horizon", len(stale), state.name
-            )
+    def _evict(self) -> None:
+        """Evict past the retention horizon (every stream, so that a camera gone offline ages
+        too) and down to the disk budget (oldest first, whole segment files)."""
+        newest = max((s.blocks[-1].wall_end for s in self._streams.values() if s.blocks), default=0)
+        cutoff = newest - self.options.retention_s
+        for owner in self._streams.values():
+            evictable = owner.blocks[: max(0, len(owner.blocks) - self._protected(owner))]
+            stale = []
+            for meta in evictable:
+                if meta.wall_end >= cutoff:
+                    break
+                stale.append(meta)
+            if stale:
+                self._drop(owner, stale)
+                log.info(
+                    "memory: %d block(s) of %r passed the retention horizon", len(stale), owner.name
+                )
         budget = self.options.disk_budget_bytes
         while self._segment_bytes() > budget:
             victim = self._oldest_evictable()
             if victim is None:
-                log.warning("memory: over the disk budget but only recent blocks are left")
+                if not self._over_budget_warned:
+                    log.warning(
+                        "memory: over the disk budget, but only recent blocks and the segments "
+                        "being written are left; raise memory.disk_budget"
+                    )
+                    self._over_budget_warned = True
                 return
             owner, meta = victim
             segment = [
@@ -458,11 +470,16 @@ class Memory:
             self._drop(owner, segment)
 
     def _oldest_evictable(self) -> tuple[_Stream, BlockMeta] | None:
+        """The oldest block whose eviction frees its segment file: not one of the recent ones,
+        and not in the segment its stream is appending to (whose bytes stay until it rolls
+        over)."""
         best: tuple[_Stream, BlockMeta] | None = None
         for state in self._streams.values():
             if len(state.blocks) <= self._protected(state):
                 continue
             meta = state.blocks[0]
+            if meta.segment == self.store.active_segment(state.stream_id):
+                continue
             if best is None or meta.wall_start < best[1].wall_start:
                 best = (state, meta)
         return best
@@ -596,11 +613,12 @@ class Memory:
                 top_k=k,
                 loader=self._load,
             )
-            suffix, offset = self._suffix(layout, answer_pass.start_position())
+            suffix, offset = self._fit_top_k(answer_pass, layout, max_new_tokens)
             rows = self._question_rows(layout, question, offset)
             if mode != "internal":
+                fitted = answer_pass.top_k
                 answer_pass.shared_scores = max_sim(suffix.embeds[rows], sketches)
-                answer_pass.shared_count = k if mode == "embedding" else (k + 1) // 2
+                answer_pass.shared_count = fitted if mode == "embedding" else (fitted + 1) // 2
             try:
                 prepared = answer_pass.prefill(
                     suffix, rows, max_new_tokens=max_new_tokens, position_limit=self.max_positions
@@ -609,13 +627,42 @@ class Memory:
                 if attempt == _RETRIES - 1:
                     raise
                 log.warning("memory: %s; dropping it and retrying the question", exc)
-                self._drop_corrupt()
+                self._drop_corrupt(exc.block if isinstance(exc.block, BlockMeta) else None)
                 continue
             return answer_pass, prepared
         raise AssertionError("unreachable")
 
-    def _drop_corrupt(self) -> None:
-        """Drop every block whose stored bytes fail their checksum (found by a failed read)."""
+    def _fit_top_k(
+        self, answer_pass: AnswerPass, layout: PromptLayout, max_new_tokens: int
+    ) -> tuple[LMChunk, int]:
+        """The question's suffix, after lowering the pass's ``top_k`` where the retrieved blocks,
+        the recent ones, the question and the answer would not fit the model's positions (wide
+        blocks, many streams): fewer blocks rather than no answer."""
+        asked = answer_pass.top_k
+        while True:
+            suffix, offset = self._suffix(layout, answer_pass.start_position())
+            fits = suffix.next_position + max_new_tokens <= self.max_positions
+            if fits or answer_pass.top_k == 0:
+                break
+            answer_pass.top_k = answer_pass.top_k * 3 // 4
+        if answer_pass.top_k < asked:
+            log.warning(
+                "memory: top_k lowered from %d to %d for this question so that its blocks fit "
+                "the model's %d positions",
+                asked,
+                answer_pass.top_k,
+                self.max_positions,
+            )
+        return suffix, offset
+
+    def _drop_corrupt(self, block: BlockMeta | None) -> None:
+        """Drop ``block``, whose stored bytes failed their checksum; without one (a segment file
+        that could not be opened), every block that fails a read."""
+        if block is not None:
+            for state in self._streams.values():
+                if state.name == block.stream:
+                    self._drop(state, [m for m in state.blocks if m.block_id == block.block_id])
+            return
         for state in self._streams.values():
             bad = []
             for meta in state.blocks:

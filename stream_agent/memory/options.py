@@ -58,8 +58,8 @@ class MemoryOptions:
 
     - ``ram_budget_bytes``: the LRU cache of stored blocks in RAM (0 disables it);
     - ``disk_budget_bytes``: all streams' block files together; the oldest blocks go first;
-    - ``retention_s``: blocks whose wall time is older than this behind their stream's newest
-      block are evicted;
+    - ``retention_s``: blocks whose wall time is older than this behind the newest block of any
+      stream are evicted (a stream's ``recent_blocks`` newest stay);
     - ``store_dtype``: ``float16`` (default, half the bytes), ``bfloat16`` or ``float32`` (bit
       exact for a float32 model);
     - ``segment_bytes``: block files roll over at this size; a file is deleted once all of its

@@ -192,7 +192,13 @@ class BlockStore:
                 f"cannot open the memory store in {root} ({exc}); check that the folder is "
                 "writable, or point memory.store_dir elsewhere"
             ) from exc
-        self.dtype, self.sketch_vectors = self._check_meta(fingerprint, store_dtype, sketch_vectors)
+        try:
+            self.dtype, self.sketch_vectors = self._check_meta(
+                fingerprint, store_dtype, sketch_vectors
+            )
+        except BaseException:
+            self.db.close()
+            raise
         self.itemsize = torch.empty((), dtype=self.dtype).element_size()
         self._files: dict[int, _StreamFiles] = {}
         self._readers: dict[tuple[int, int], int] = {}
@@ -205,10 +211,13 @@ class BlockStore:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield self.db
+            self.db.execute("COMMIT")
         except BaseException:
-            self.db.execute("ROLLBACK")
+            # also after a failed COMMIT (disk full): an open transaction would make every
+            # later BEGIN fail
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
 
     def _check_meta(
         self, fingerprint: dict[str, Any], store_dtype: torch.dtype, sketch_vectors: int
@@ -542,9 +551,12 @@ class BlockStore:
 
     def _abandon(self, files: _StreamFiles, segment: int, offset: int) -> None:
         """Cut a failed write's bytes so that the next block starts cleanly."""
-        if files.handle is not None:
-            files.handle.close()
-            files.handle = None
+        handle, files.handle = files.handle, None
+        if handle is not None:
+            try:
+                handle.close()  # flushes what is buffered, which fails again on a full disk
+            except OSError as exc:
+                log.warning("memory store: closing %s after a failed write: %s", files.folder, exc)
         try:
             with open(files.folder / _segment_name(segment), "r+b") as handle:
                 handle.truncate(offset)
@@ -585,11 +597,14 @@ class BlockStore:
             try:
                 data = os.pread(fd, per_layer, at)
             except OSError as exc:
-                raise CorruptBlockError(f"block {meta.block_id} of {meta.stream!r}: {exc}") from exc
+                raise CorruptBlockError(
+                    f"block {meta.block_id} of {meta.stream!r}: {exc}", meta
+                ) from exc
             if len(data) != per_layer or zlib.crc32(data) != meta.crcs[index]:
                 raise CorruptBlockError(
                     f"block {meta.block_id} of stream {meta.stream!r} (layer {index}) is "
-                    "truncated or corrupt"
+                    "truncated or corrupt",
+                    meta,
                 )
             kv = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(self.dtype).view(shape)
             out[index] = (kv[0], kv[1])
@@ -616,8 +631,17 @@ class BlockStore:
         for meta in metas:
             files.live[meta.segment] = files.live.get(meta.segment, 1) - 1
         for number in sorted({m.segment for m in metas}):
-            if files.live.get(number, 0) <= 0 and number != files.active:
-                self._unlink_segment(files, number)
+            if files.live.get(number, 0) > 0:
+                continue
+            if number == files.active and files.handle is not None:
+                # the segment being appended to emptied: start it afresh on the next append
+                files.handle.close()
+                files.handle = None
+            self._unlink_segment(files, number)
+
+    def active_segment(self, stream_id: int) -> int:
+        """The segment file ``stream_id``'s next block is appended to."""
+        return self._files[stream_id].active
 
     # ---------------------------------------------------------------------------------- sizes
 

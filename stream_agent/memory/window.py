@@ -253,7 +253,29 @@ class Window:
         if self.ring - self.live_tokens < tokens:
             raise RuntimeError("Window.encode without room; call make_room first")
         visible = self.occupied.clone()
+        head = self.head
         slots = self._place(layout)
+        try:
+            return self._prefill(chunk, layout, slots, visible, sketch)
+        except BaseException:
+            # nothing was stored (e.g. out of memory on a GPU): take the placement back so that
+            # the window holds no half-written block
+            self.blocks.pop()
+            self.head = head
+            self.live_tokens -= layout.tokens
+            self.live_span -= layout.span
+            raise
+
+    def _prefill(
+        self,
+        chunk: LMChunk,
+        layout: BlockLayout,
+        slots: torch.Tensor,
+        visible: torch.Tensor,
+        sketch: torch.Tensor,
+    ) -> EncodedBlock:
+        r = self.runner
+        tokens = len(chunk)
         cpu_slots = slots.cpu()
         mask_bool = visible[None].expand(tokens, -1).clone()
         mask_bool[:, cpu_slots] = _causal(tokens)

@@ -176,7 +176,6 @@ class VisionChain:
         self._pruner = pruner.make_pruner(settings.pruner)
         self._waiting: list[FrameLike] = []
         self._held: dict[int, _Held] = {}
-        self._pushed = 0  # the pruner numbers frames by how many were pushed before
         self._resets = 0
         self._last_step_pts: float | None = None
 
@@ -218,9 +217,15 @@ class VisionChain:
         previous, self._last_step_pts = self._last_step_pts, first.pts
         covered = first.pts - previous if previous is not None else 0.0
         seconds = covered if covered > 0 else float(self._frames_per_step)
-        selections = self._pruner.push(tokens.embeds, tokens.grid, first.pts)
-        self._held[self._pushed] = _Held(tokens, stamp, seconds)
-        self._pushed += 1
+        # keyed by the pruner's own numbering, so that a push that fails (and may or may not
+        # have used up a number) cannot put the two out of step
+        index = self._pruner.next_frame_index
+        self._held[index] = _Held(tokens, stamp, seconds)
+        try:
+            selections = self._pruner.push(tokens.embeds, tokens.grid, first.pts)
+        except BaseException:
+            del self._held[index]
+            raise
         return self._blocks(selections)
 
     def _blocks(self, selections: Sequence[pruner.Selection]) -> list[Block]:

@@ -96,7 +96,8 @@ class ModelWorker:
             self._settings = settings
             self._model = model
         except BaseException as exc:
-            self.opened.set_exception(exc)
+            if not self.opened.done():
+                self.opened.set_exception(exc)
             raise
         streams = memory_streams(self._memory)
         log.info(
@@ -107,12 +108,16 @@ class ModelWorker:
             len(streams),
             f": {', '.join(streams)}" if streams else "",
         )
-        self.opened.set_result(None)
+        if not self.opened.done():
+            self.opened.set_result(None)
 
     def flush(self) -> None:
         memory = self._require_memory()
         for name, camera in self._cameras.items():
-            append_blocks(memory, name, camera.chain.drain())
+            try:
+                append_blocks(memory, name, camera.chain.drain())
+            except Exception:  # one camera's held frames must not keep the others' from disk
+                log.exception("worker: the frames camera %s still held could not be stored", name)
         memory.flush()
 
     def close(self) -> None:

@@ -172,3 +172,23 @@ def test_status_reports_sizes(
     assert status.oldest_wall == WALL0
     assert status.disk_bytes > 0 and status.ram_bytes > 0
     assert memory.ram_bytes >= status.ram_bytes
+
+
+def test_top_k_is_lowered_when_the_blocks_would_not_fit_the_positions(
+    llava: VideoLLM,
+    frame_tokens: list[VisualTokens],
+    make_memory: Callable[..., Memory],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """More blocks asked for than the model has positions: fewer blocks, not a failure."""
+    n = len(frame_tokens[0])
+    limit = llava.lm_spec.max_positions
+    count = limit // n + 20  # every block of the stream would need more positions than exist
+    memory = make_memory(llava, window_tokens=8 * n, top_k=count, recent_blocks=2)
+    for i in range(count):
+        memory.append_step("cam", frame_tokens[i % len(frame_tokens)], stamp(i))
+    with caplog.at_level("WARNING", logger="stream_agent.memory.memory"):
+        final = _final(memory)
+    assert "top_k lowered" in caplog.text
+    assert 0 < len(final.evidence) < count
+    assert final.timings.context_tokens <= limit

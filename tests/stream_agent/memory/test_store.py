@@ -191,3 +191,60 @@ def test_disk_budget_deletes_whole_old_segments(
     assert len(_segments(tmp_path / "budget2")) == 3
     assert [m.seq for m in memory._streams["cam"].blocks] == [7, 8, 9]
     assert memory.disk_bytes > status.disk_bytes  # plus the index
+
+
+def test_a_budget_under_one_segment_keeps_history(
+    llava: VideoLLM,
+    frame_tokens: list[VisualTokens],
+    make_memory: Callable[..., Memory],
+    tmp_path: Path,
+) -> None:
+    """A disk budget smaller than the (default, 64 MiB) segment size: the segment being
+    written cannot be freed, so segments are sized to a share of the budget, and eviction
+    frees old segments instead of cutting the stream down to its recent blocks on every
+    append."""
+    memory = make_memory(llava, tmp_path / "one", store_dtype="float32")
+    feed(memory, llava, frame_tokens[:1])
+    block_bytes = memory.status()[0].disk_bytes
+    memory.close()
+    budget = 6 * block_bytes
+    memory = make_memory(
+        llava, tmp_path / "small", store_dtype="float32", disk_budget_bytes=budget, recent_blocks=1
+    )
+    feed(memory, llava, frame_tokens)
+    (status,) = memory.status()
+    assert status.disk_bytes <= budget
+    assert [m.seq for m in memory._streams["cam"].blocks] == [4, 5, 6, 7, 8, 9]
+
+
+def test_retention_ages_a_camera_that_went_quiet(
+    llava: VideoLLM, frame_tokens: list[VisualTokens], make_memory: Callable[..., Memory]
+) -> None:
+    """Retention runs against the newest moment of any stream: a camera that stopped
+    delivering keeps only its recent blocks once the others have moved on."""
+    memory = make_memory(llava, retention_s=3.5, recent_blocks=1)
+    feed(memory, llava, frame_tokens[:3], stream="quiet")  # wall 0..2 s
+    feed(memory, llava, frame_tokens[3:7], stream="busy", first=10)  # wall 10..13 s
+    assert [m.seq for m in memory._streams["quiet"].blocks] == [2]
+    assert [m.seq for m in memory._streams["busy"].blocks] == [10, 11, 12, 13]
+
+
+def test_a_corrupt_block_in_the_middle_is_dropped_alone(
+    llava: VideoLLM,
+    frame_tokens: list[VisualTokens],
+    make_memory: Callable[..., Memory],
+    tmp_path: Path,
+) -> None:
+    """A block whose bytes rot on disk is found by the question that reads it: that block is
+    dropped and the question answered from the others."""
+    store = tmp_path / "rot"
+    memory = make_memory(llava, store, ram_budget_bytes=0, top_k=10, recent_blocks=1)
+    feed(memory, llava, frame_tokens[:5])
+    bad = memory._streams["cam"].blocks[2]
+    (segment,) = _segments(store)
+    with open(segment, "r+b") as handle:
+        handle.seek(bad.offset + bad.length - 8)
+        handle.write(b"\xff" * 8)
+    final = _answer(memory)
+    assert [m.seq for m in memory._streams["cam"].blocks] == [0, 1, 3, 4]
+    assert {e.seq for e in final.evidence} == {0, 1, 3, 4}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import torch
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
@@ -124,3 +125,36 @@ def test_pruned_blocks_keep_the_window_inside_the_positions(
     assert window is not None and window.rebases > 0
     assert window.live_span <= window.span_budget
     assert all(int(m.layout.positions.max()) < limit for m in memory._streams["cam"].blocks)
+
+
+def test_a_failed_encode_leaves_no_block_behind(
+    llava: VideoLLM,
+    frame_tokens: list[VisualTokens],
+    make_memory: Callable[..., Memory],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A layer that fails mid-block (out of memory on a GPU, say): the window takes the block
+    back, and the next blocks encode exactly as if it had never been tried."""
+    memory = make_memory(llava, window_tokens=100, store_dtype="float32")
+    memory.append_step("cam", frame_tokens[0], stamp(0))
+    runner = memory.runner
+    real = runner.run_layer
+
+    def failing(index: int, *args: object, **kwargs: object) -> torch.Tensor:
+        if index == 1:
+            raise RuntimeError("out of memory")
+        return real(index, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "run_layer", failing)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        memory.append_step("cam", frame_tokens[1], stamp(1))
+    monkeypatch.setattr(runner, "run_layer", real)
+    window = memory._streams["cam"].window
+    assert window is not None and len(window.blocks) == 1
+    assert window.live_tokens == len(frame_tokens[0])
+    memory.append_step("cam", frame_tokens[1], stamp(1))
+    keys, _, placed = _stored(memory, 1)
+    first = _stored(memory, 0)
+    chunk = LMChunk(frame_tokens[1].embeds, placed.positions, placed.next_position)
+    expected = _library_encode(llava, memory, [(first[0], first[1])], chunk)
+    torch.testing.assert_close(keys, expected, rtol=1e-4, atol=1e-4)

@@ -200,3 +200,31 @@ def test_two_frame_steps_wait_for_their_partner(tmp_path: Path) -> None:
     assert done is not None and done.evidence
     assert {(m.start_pts, m.end_pts) for m in done.evidence} <= {(0.0, 1.0), (2.0, 3.0)}
     worker.close()
+
+
+def test_a_failed_pruner_push_does_not_break_the_camera(
+    llava: VideoLLM, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One frame whose pruning fails is lost (the error reaches the engine, which counts it);
+    the camera's next frames still become blocks."""
+    worker = opened(llava, config(tmp_path / "memory"))
+    worker.encode(FrameBatch("dock", frames("dock", 2)))
+    chain = worker._cameras["dock"].chain
+    real = chain._pruner.push
+    calls = {"n": 0}
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            real(*args, **kwargs)  # the pruner counted the frame, then something failed
+            raise RuntimeError("pruning failed")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chain._pruner, "push", flaky)
+    with pytest.raises(RuntimeError, match="pruning failed"):
+        worker.encode(FrameBatch("dock", frames("dock", 1, start=2)))
+    worker.encode(FrameBatch("dock", frames("dock", 3, start=3)))
+    memory = worker.status().camera("dock")
+    assert memory is not None and memory.blocks == 5
+    assert not chain._held
+    worker.close()

@@ -225,6 +225,10 @@ class MemoryConfig(_Section):
     disk_budget: ByteSize = Field(default=ByteSize(20 * 1024**3), ge=0)
     store_dir: ConfigPath = Path("var/memory")
     retention_s: Seconds = Field(default=7 * 86400.0, gt=0)
+    retrieval: Literal["internal", "embedding", "hybrid"] = "internal"
+    """internal: ReKV's per-layer question query against each block's mean key; embedding:
+    the question's token embeddings against each block's embedding sketch, one selection for
+    all layers; hybrid: half of top_k by embedding, the rest per layer."""
 
 
 class EngineConfig(_Section):

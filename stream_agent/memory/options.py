@@ -145,8 +145,8 @@ class MemoryOptions:
     @classmethod
     def from_config(cls, section: Any, **overrides: Any) -> MemoryOptions:
         """Options from the daemon config's ``memory`` section (``stream_agent.config``), which
-        has ``window_tokens``, ``top_k``, ``ram_budget``, ``disk_budget``, ``store_dir`` and
-        ``retention_s``; ``overrides`` set the rest (e.g. ``system_prompt``)."""
+        has ``window_tokens``, ``top_k``, ``ram_budget``, ``disk_budget``, ``store_dir``,
+        ``retention_s`` and ``retrieval``; ``overrides`` set the rest (e.g. ``system_prompt``)."""
         values: dict[str, Any] = {
             "store_dir": Path(section.store_dir),
             "window_tokens": int(section.window_tokens),
@@ -154,6 +154,7 @@ class MemoryOptions:
             "ram_budget_bytes": int(section.ram_budget),
             "disk_budget_bytes": int(section.disk_budget),
             "retention_s": float(section.retention_s),
+            "retrieval": section.retrieval,
         }
         values.update(overrides)
         return cls(**values)

@@ -42,8 +42,9 @@ def test_defaults_and_changes(tmp_path: Path) -> None:
 def test_from_daemon_config(tmp_path: Path) -> None:
     from stream_agent.config import MemoryConfig
 
-    section = MemoryConfig(store_dir=tmp_path, top_k=16, window_tokens=4096)
+    section = MemoryConfig(store_dir=tmp_path, top_k=16, window_tokens=4096, retrieval="hybrid")
     options = MemoryOptions.from_config(section, system_prompt="Watch.")
     assert options.top_k == 16 and options.window_tokens == 4096
+    assert options.retrieval == "hybrid"
     assert options.ram_budget_bytes == int(section.ram_budget)
     assert options.system_prompt == "Watch."

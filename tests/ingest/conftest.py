@@ -6,13 +6,9 @@ bit), so a test can tell exactly which frames it received, even after scaling an
 
 from __future__ import annotations
 
-import select
-import signal
-import subprocess
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from functools import cache
 from pathlib import Path
 
 import av
@@ -20,10 +16,10 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from tests.support.rtsp import RtspServer, gst_rtsp_problem
+
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_CLIP = ROOT.parent / "shared" / "data" / "one-by-one-person-detection.mp4"
-RTSP_SCRIPT = ROOT / "tests" / "support" / "rtsp_server.py"
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 BITS = 8
 
 
@@ -164,86 +160,6 @@ def shared_clip() -> Path:
 
 
 # --- RTSP ------------------------------------------------------------------------------------
-
-
-@cache
-def gst_rtsp_problem() -> str | None:
-    """Why the GStreamer RTSP server cannot run here, or None if it can."""
-    if not SYSTEM_PYTHON.exists():
-        return f"{SYSTEM_PYTHON} is missing (the Debian python3 runs the GStreamer RTSP server)"
-    probe = (
-        "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0');"
-        "from gi.repository import Gst, GstRtspServer"
-    )
-    done = subprocess.run(
-        [str(SYSTEM_PYTHON), "-c", probe], capture_output=True, text=True, timeout=30
-    )
-    if done.returncode != 0:
-        return (
-            f"{SYSTEM_PYTHON} cannot import GstRtspServer (install python3-gi and "
-            "gir1.2-gst-rtsp-server-1.0 with scripts/setup): " + done.stderr.strip()[-200:]
-        )
-    return None
-
-
-class RtspServer:
-    """The GStreamer RTSP server script run as a subprocess, serving one file on loopback."""
-
-    def __init__(self, file: Path, mount: str = "/test") -> None:
-        self.file = file
-        self.mount = mount
-        self.port = 0
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self, timeout: float = 15.0) -> None:
-        """Start (or restart on the same port), and wait until it listens."""
-        self.proc = subprocess.Popen(
-            [
-                str(SYSTEM_PYTHON),
-                str(RTSP_SCRIPT),
-                "--file",
-                str(self.file),
-                "--port",
-                str(self.port),
-                "--mount",
-                self.mount,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith("READY"):
-            self.proc.kill()
-            _out, err = self.proc.communicate(timeout=5)
-            raise RuntimeError(f"RTSP server did not start: {line!r} {err[-500:]!r}")
-        self.port = int(line.split()[1])
-
-    def url(self, credentials: str = "") -> str:
-        auth = f"{credentials}@" if credentials else ""
-        return f"rtsp://{auth}127.0.0.1:{self.port}{self.mount}"
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-
-    def terminate(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-        self.proc.terminate()
-        self.proc.wait(timeout=10)
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGCONT)
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        if self.proc is not None:
-            for stream in (self.proc.stdout, self.proc.stderr):
-                if stream is not None:
-                    stream.close()
 
 
 @pytest.fixture(scope="session")

@@ -29,8 +29,7 @@ from ingest import (
     open_source,
     probe_source,
 )
-
-from .conftest import RtspServer
+from tests.support.rtsp import RtspServer
 
 READ_TIMEOUT = 2.0
 LIVE = IngestOptions(

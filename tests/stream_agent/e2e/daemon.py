@@ -1,8 +1,8 @@
 """Helpers for the end-to-end tests: the daemon as a real subprocess, clips, clients, HTTP.
 
 ``DaemonProcess`` runs ``python -m stream_agent serve ...`` and reads the address it prints once
-it is up (port 0: the kernel picks); its log goes to a file the tests read. ``RtspProcess`` runs
-the project's GStreamer RTSP server script under Debian's Python. Clients are real
+it is up (port 0: the kernel picks); its log goes to a file the tests read. The RTSP server is
+``tests.support.rtsp``. Clients are real
 ``websockets`` clients on loopback; HTTP goes through ``urllib``.
 """
 
@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +34,6 @@ from websockets.asyncio.client import ClientConnection, connect
 
 ROOT = Path(__file__).resolve().parents[3]
 SHARED_CLIP = ROOT.parent / "shared" / "data" / "one-by-one-person-detection.mp4"
-RTSP_SCRIPT = ROOT / "tests" / "support" / "rtsp_server.py"
-SYSTEM_PYTHON = Path("/usr/bin/python3")
 TOKEN = "e2e-test-token-5f2c"
 TOKEN_ENV = "STREAM_AGENT_E2E_TOKEN"
 _SERVING = re.compile(r"serving on http://([^/]+):(\d+)/")
@@ -194,80 +191,6 @@ class DaemonProcess:
 
 
 # --- the RTSP server ---------------------------------------------------------------------------
-
-
-@cache
-def gst_rtsp_problem() -> str | None:
-    """Why the GStreamer RTSP server cannot run here, or None if it can."""
-    if not SYSTEM_PYTHON.exists():
-        return f"{SYSTEM_PYTHON} is missing (Debian's python3 runs the GStreamer RTSP server)"
-    probe = (
-        "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstRtspServer', '1.0');"
-        "from gi.repository import Gst, GstRtspServer"
-    )
-    done = subprocess.run(
-        [str(SYSTEM_PYTHON), "-c", probe], capture_output=True, text=True, timeout=30
-    )
-    if done.returncode != 0:
-        return (
-            f"{SYSTEM_PYTHON} cannot import GstRtspServer (scripts/setup installs python3-gi and "
-            "gir1.2-gst-rtsp-server-1.0): " + done.stderr.strip()[-200:]
-        )
-    return None
-
-
-class RtspProcess:
-    """``tests/support/rtsp_server.py`` serving one file on a loopback port."""
-
-    def __init__(self, file: Path, mount: str = "/cam") -> None:
-        self.file = file
-        self.mount = mount
-        self.port = 0
-        self.proc: subprocess.Popen[str] | None = None
-
-    def start(self, timeout: float = 20.0) -> RtspProcess:
-        """Start, or start again on the port of the previous run (a camera coming back)."""
-        self.close()
-        self.proc = subprocess.Popen(
-            [
-                str(SYSTEM_PYTHON),
-                str(RTSP_SCRIPT),
-                "--file",
-                str(self.file),
-                "--port",
-                str(self.port),
-                "--mount",
-                self.mount,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        assert self.proc.stdout is not None
-        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
-        line = self.proc.stdout.readline() if ready else ""
-        if not line.startswith("READY"):
-            self.close()
-            raise RuntimeError(f"the RTSP server did not start: {line!r}")
-        self.port = int(line.split()[1])
-        return self
-
-    @property
-    def url(self) -> str:
-        return f"rtsp://127.0.0.1:{self.port}{self.mount}"
-
-    def terminate(self) -> None:
-        assert self.proc is not None
-        self.proc.terminate()
-        self.proc.wait(10)
-
-    def close(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(10)
-            if self.proc.stdout is not None:
-                self.proc.stdout.close()
 
 
 # --- clients -----------------------------------------------------------------------------------

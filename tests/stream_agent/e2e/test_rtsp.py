@@ -13,18 +13,17 @@ import pytest
 from tests.stream_agent.e2e.daemon import (
     TOKEN,
     DaemonProcess,
-    RtspProcess,
     aget,
     ask,
     camera_status,
     client,
-    gst_rtsp_problem,
     parse_time,
     recv,
     status,
     wait_for_blocks,
     write_config,
 )
+from tests.support.rtsp import RtspServer, gst_rtsp_problem
 
 pytestmark = pytest.mark.rtsp
 PASSWORD = "s3cret-Pw"
@@ -36,7 +35,7 @@ async def test_rtsp_camera_answers_and_its_loss_leaves_the_other_camera_alone(
     problem = gst_rtsp_problem()
     if problem:
         pytest.skip(problem)
-    rtsp = RtspProcess(long_clip).start()
+    rtsp = RtspServer(long_clip, mount="/cam").start()
     daemon = DaemonProcess(
         [
             "--config",
@@ -46,7 +45,7 @@ async def test_rtsp_camera_answers_and_its_loss_leaves_the_other_camera_alone(
                     cameras=[
                         {
                             "name": "street",
-                            "url": rtsp.url,
+                            "url": rtsp.url(),
                             "fps": 1,
                             "username": "viewer",
                             "password_env": "STREET_PASSWORD",

@@ -42,6 +42,7 @@ from stream_agent.memory.errors import (
     QuestionError,
     UnknownStreamError,
 )
+from stream_agent.memory.heap import release_free_memory
 from stream_agent.memory.layout import BlockLayout, step_chunk
 from stream_agent.memory.options import MemoryOptions, Retrieval
 from stream_agent.memory.ram_cache import BlockCache
@@ -732,10 +733,13 @@ class Memory:
             blocks_loaded=prepared.blocks_loaded,
             disk_reads=self.disk_reads - reads_before,
         )
+        evidence = prepared.evidence
+        del answer_pass, prepared  # the per-layer contexts: free them, then hand the pages back
+        release_free_memory()
         yield AnswerFinal(
             text="".join(text),
             token_ids=tuple(token_ids),
-            evidence=prepared.evidence,
+            evidence=evidence,
             timings=timings,
             finish_reason=reason,
         )

@@ -311,20 +311,8 @@ class QwenVLAdapter(VideoLLM):
         nominal = self._patch_grid(transform.height, transform.width)
         self._grids[nominal[0] * nominal[1]] = nominal
         self._rotary_cache: dict[tuple[int, int], Rotary] = {}
-        text = config.get_text_config()
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        rope = getattr(text, "rope_parameters", None) or {}
-        self._lm_spec = LMSpec(
-            num_layers=int(text.num_hidden_layers),
-            num_heads=int(text.num_attention_heads),
-            num_kv_heads=int(text.num_key_value_heads),
-            head_dim=int(head_dim),
-            hidden_size=int(text.hidden_size),
-            vocab_size=int(text.vocab_size),
-            rope="mrope",
-            rope_theta=float(rope.get("rope_theta", getattr(text, "rope_theta", 1000000.0))),
-            max_positions=int(text.max_position_embeddings),
-            dtype=self.dtype,
+        self._lm_spec = LMSpec.from_text_config(
+            config.get_text_config(), rope="mrope", dtype=self.dtype, default_theta=1000000.0
         )
 
     # ----------------------------------------------------------------------------- construction

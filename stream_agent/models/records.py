@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -79,6 +80,30 @@ class LMSpec:
     rope_theta: float
     max_positions: int
     dtype: torch.dtype
+
+    @classmethod
+    def from_text_config(
+        cls, text: Any, *, rope: str, dtype: torch.dtype, default_theta: float = 10000.0
+    ) -> LMSpec:
+        """The layout of a transformers text config (``config.get_text_config()``); the rope
+        base from ``rope_parameters`` (transformers 5) or ``rope_theta``."""
+        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        parameters = getattr(text, "rope_parameters", None) or {}
+        theta = parameters.get("rope_theta", getattr(text, "rope_theta", default_theta))
+        return cls(
+            num_layers=int(text.num_hidden_layers),
+            num_heads=int(text.num_attention_heads),
+            num_kv_heads=int(
+                getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+            ),
+            head_dim=int(head_dim),
+            hidden_size=int(text.hidden_size),
+            vocab_size=int(text.vocab_size),
+            rope=rope,
+            rope_theta=float(theta),
+            max_positions=int(text.max_position_embeddings),
+            dtype=dtype,
+        )
 
     @property
     def position_dims(self) -> int:

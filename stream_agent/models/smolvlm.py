@@ -361,20 +361,8 @@ class SmolVLMAdapter(VideoLLM):
             feature_layers=(int(vision.num_hidden_layers),),
             token_grid=(grid // self._scale, grid // self._scale),
         )
-        text = config.get_text_config()
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        rope = getattr(text, "rope_parameters", None) or {}
-        self._lm_spec = LMSpec(
-            num_layers=int(text.num_hidden_layers),
-            num_heads=int(text.num_attention_heads),
-            num_kv_heads=int(text.num_key_value_heads),
-            head_dim=int(head_dim),
-            hidden_size=int(text.hidden_size),
-            vocab_size=int(text.vocab_size),
-            rope="1d",
-            rope_theta=float(rope.get("rope_theta", getattr(text, "rope_theta", 10000.0))),
-            max_positions=int(text.max_position_embeddings),
-            dtype=self.dtype,
+        self._lm_spec = LMSpec.from_text_config(
+            config.get_text_config(), rope="1d", dtype=self.dtype
         )
         self._activation = str(vision.hidden_act)
         self._fake = self._special(tokenizer, "fake_image_token", "<fake_token_around_image>")

@@ -48,6 +48,11 @@ def _render(tokenizer: Any, template: str, question: str, system: str | None, me
     messages.append(
         {"role": "user", "content": [{"type": media}, {"type": "text", "text": question}]}
     )
+    return render_chat(tokenizer, template, messages)
+
+
+def render_chat(tokenizer: Any, template: str, messages: list[dict[str, Any]]) -> str:
+    """``messages`` through the chat ``template``, ending with the assistant's turn opened."""
     try:
         text = tokenizer.apply_chat_template(
             messages, chat_template=template, tokenize=False, add_generation_prompt=True

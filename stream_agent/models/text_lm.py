@@ -21,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from stream_agent.models.base import LanguageModel
 from stream_agent.models.errors import IncompleteModelError, PromptError
 from stream_agent.models.records import LMChunk, LMSpec, PromptLayout
+from stream_agent.models.text import render_chat
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,7 @@ def _render(tokenizer: Any, template: str, content: str, system: str | None) -> 
     if system is not None:
         messages.append({"role": "system", "content": system})
     messages.append({"role": "user", "content": content})
-    try:
-        text = tokenizer.apply_chat_template(
-            messages, chat_template=template, tokenize=False, add_generation_prompt=True
-        )
-    except Exception as exc:  # jinja errors come in many types; all mean the same to the user
-        raise PromptError(f"the checkpoint's chat template failed to render: {exc}") from exc
-    if not isinstance(text, str):
-        raise PromptError("the checkpoint's chat template did not render to text")
-    return text
+    return render_chat(tokenizer, template, messages)
 
 
 class TextLM(LanguageModel):
@@ -71,22 +64,8 @@ class TextLM(LanguageModel):
             placeholder=CONTEXT_PLACEHOLDER,
             folder=folder,
         )
-        text = model.config.get_text_config()
-        head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-        rope = getattr(text, "rope_parameters", None) or {}
-        self._lm_spec = LMSpec(
-            num_layers=int(text.num_hidden_layers),
-            num_heads=int(text.num_attention_heads),
-            num_kv_heads=int(
-                getattr(text, "num_key_value_heads", None) or text.num_attention_heads
-            ),
-            head_dim=int(head_dim),
-            hidden_size=int(text.hidden_size),
-            vocab_size=int(text.vocab_size),
-            rope="1d",
-            rope_theta=float(rope.get("rope_theta", getattr(text, "rope_theta", 10000.0))),
-            max_positions=int(text.max_position_embeddings),
-            dtype=self.dtype,
+        self._lm_spec = LMSpec.from_text_config(
+            model.config.get_text_config(), rope="1d", dtype=self.dtype
         )
 
     # ----------------------------------------------------------------------------- loading

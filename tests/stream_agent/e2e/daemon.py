@@ -9,7 +9,6 @@ it is up (port 0: the kernel picks); its log goes to a file the tests read. The 
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import select
@@ -31,6 +30,8 @@ import numpy as np
 import numpy.typing as npt
 import yaml
 from websockets.asyncio.client import ClientConnection, connect
+
+from tests.support.ws import recv, send
 
 ROOT = Path(__file__).resolve().parents[3]
 SHARED_CLIP = ROOT.parent / "shared" / "data" / "one-by-one-person-detection.mp4"
@@ -200,38 +201,6 @@ def client(daemon: DaemonProcess, token: str | None = TOKEN) -> Any:
     """``async with client(daemon) as ws``: a WebSocket client (with the bearer header)."""
     headers = {"Authorization": f"Bearer {token}"} if token else None
     return connect(daemon.ws_url, additional_headers=headers, open_timeout=20)
-
-
-async def recv(ws: ClientConnection, timeout: float = 30.0) -> dict[str, Any]:
-    message = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-    assert isinstance(message, dict)
-    return message
-
-
-async def send(ws: ClientConnection, message: Mapping[str, Any] | str) -> None:
-    await ws.send(message if isinstance(message, str) else json.dumps(message))
-
-
-async def until_terminal(
-    ws: ClientConnection, request_id: str, timeout: float = 90.0
-) -> list[dict[str, Any]]:
-    """The messages for ``request_id`` up to and including its ``answer`` or ``error``."""
-    got: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await recv(ws, timeout)
-            if message.get("id") != request_id:
-                continue
-            got.append(message)
-            if message["type"] in ("answer", "error"):
-                return got
-
-
-async def ask(
-    ws: ClientConnection, request_id: str, question: str = "What happens?", **fields: Any
-) -> list[dict[str, Any]]:
-    await send(ws, {"type": "ask", "id": request_id, "question": question, **fields})
-    return await until_terminal(ws, request_id)
 
 
 async def status(ws: ClientConnection, request_id: str = "s") -> dict[str, Any]:

@@ -23,18 +23,15 @@ from tests.stream_agent.e2e.daemon import (
     TOKEN,
     DaemonProcess,
     aget,
-    ask,
     camera_status,
     client,
     metric,
     parse_time,
-    recv,
-    send,
     status,
-    until_terminal,
     wait_for_blocks,
     write_config,
 )
+from tests.support.ws import ask, recv, send, until_terminal
 
 CAMERA = "lobby"
 MAX_NEW_TOKENS = 48

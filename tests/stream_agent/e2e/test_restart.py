@@ -9,17 +9,14 @@ from pathlib import Path
 
 from tests.stream_agent.e2e.daemon import (
     DaemonProcess,
-    ask,
     camera_status,
     client,
     parse_time,
-    recv,
-    send,
     status,
-    until_terminal,
     wait_for_blocks,
     write_config,
 )
+from tests.support.ws import ask, recv, send, until_terminal
 
 CAMERA = "porch"
 

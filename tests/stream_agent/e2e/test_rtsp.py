@@ -14,16 +14,15 @@ from tests.stream_agent.e2e.daemon import (
     TOKEN,
     DaemonProcess,
     aget,
-    ask,
     camera_status,
     client,
     parse_time,
-    recv,
     status,
     wait_for_blocks,
     write_config,
 )
 from tests.support.rtsp import RtspServer, gst_rtsp_problem
+from tests.support.ws import ask, recv
 
 pytestmark = pytest.mark.rtsp
 PASSWORD = "s3cret-Pw"

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import connect
 
 from stream_agent.config import EngineConfig, ServerConfig
 from stream_agent.engine import Engine
@@ -94,36 +93,3 @@ async def running_server(
     finally:
         await server.stop()
         await engine.aclose("cancel", grace_s=5)
-
-
-async def recv(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any]:
-    raw = await asyncio.wait_for(ws.recv(), timeout)
-    message = json.loads(raw)
-    assert isinstance(message, dict)
-    return message
-
-
-async def send(ws: ClientConnection, message: dict[str, Any] | str) -> None:
-    await ws.send(message if isinstance(message, str) else json.dumps(message))
-
-
-async def until_terminal(
-    ws: ClientConnection, request_id: str, timeout: float = 10.0
-) -> list[dict[str, Any]]:
-    """Messages for ``request_id`` up to and including its ``answer`` or ``error``."""
-    got: list[dict[str, Any]] = []
-    async with asyncio.timeout(timeout):
-        while True:
-            message = await recv(ws, timeout)
-            if message.get("id") != request_id:
-                continue
-            got.append(message)
-            if message["type"] in ("answer", "error"):
-                return got
-
-
-async def ask(
-    ws: ClientConnection, request_id: str, question: str = "What happened?", **fields: Any
-) -> list[dict[str, Any]]:
-    await send(ws, {"type": "ask", "id": request_id, "question": question, **fields})
-    return await until_terminal(ws, request_id)

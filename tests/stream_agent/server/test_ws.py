@@ -19,7 +19,10 @@ from websockets.uri import parse_uri
 from stream_agent.protocol import PROTOCOL_VERSION, parse_wall_time
 from stream_agent.server import CameraBoard, CameraView
 from tests.stream_agent.engine.fake_worker import MODEL_NAME, FakeWorker
-from tests.stream_agent.server.harness import ask, recv, running_server, send, until_terminal
+from tests.stream_agent.server.harness import (
+    running_server,
+)
+from tests.support.ws import ask, recv, send, until_terminal
 
 
 async def _wait_for(predicate: Any, timeout: float = 5.0) -> None:

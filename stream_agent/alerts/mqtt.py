@@ -153,6 +153,10 @@ class MqttLink:
             self._dirty[topic] = None
         self._wake.set()
 
+    def set_message_handler(self, handler: Callable[[str, bytes], None]) -> None:
+        """Who receives the messages of the command topic (before :meth:`run`)."""
+        self._on_message = handler
+
     @property
     def state(self) -> LinkState:
         return self._state

@@ -72,7 +72,11 @@ class Mosquitto:
             "max_queued_messages 100000",
         ]
         if self._persistence:
-            lines += ["persistence true", f"persistence_location {self.folder}/", "autosave_interval 1"]
+            lines += [
+                "persistence true",
+                f"persistence_location {self.folder}/",
+                "autosave_interval 1",
+            ]
         else:
             lines.append("persistence false")
         if self._users:
@@ -105,7 +109,10 @@ class Mosquitto:
             if self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode() if self._proc.stderr else ""
                 raise RuntimeError(f"mosquitto exited at start: {err} {self.read_log()}")
-            with contextlib.suppress(OSError), socket.create_connection((self.host, self.port), 0.2):
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection((self.host, self.port), 0.2),
+            ):
                 return
             time.sleep(0.05)
         raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.read_log()}")

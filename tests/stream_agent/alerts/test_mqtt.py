@@ -85,7 +85,9 @@ async def test_last_will_offline_when_the_process_dies(broker: Mosquitto) -> Non
             assert proc.stdout is not None
             line = await asyncio.wait_for(asyncio.to_thread(proc.stdout.readline), 30)
             assert line.strip() == b"online"
-            await col.wait_for(lambda m: payloads(col, "stream_agent/available")[-1:] == [b"online"])
+            await col.wait_for(
+                lambda m: payloads(col, "stream_agent/available")[-1:] == [b"online"]
+            )
             proc.send_signal(signal.SIGKILL)  # no DISCONNECT: the broker sends the will
             proc.wait(10)
             await col.wait_for(
@@ -127,7 +129,10 @@ async def test_broker_killed_and_restarted_loses_nothing(broker: Mosquitto, tmp_
     link = MqttLink(config(broker), Outbox(tmp_path / "o.sqlite", max_messages=1000))
     # a persistent subscriber session: the broker keeps what arrives while it is away
     async with Collector(
-        broker, ["stream_agent/events", "stream_agent/available"], client_id="t-sub", persistent=True
+        broker,
+        ["stream_agent/events", "stream_agent/available"],
+        client_id="t-sub",
+        persistent=True,
     ) as col:
         task = asyncio.create_task(link.run())
         await wait_state(link, "online")

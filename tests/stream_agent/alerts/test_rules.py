@@ -117,7 +117,7 @@ def test_store_refuses_what_it_cannot_do_and_changes_nothing(tmp_path: Path) -> 
 def test_a_corrupt_store_is_reported_and_left_alone(tmp_path: Path) -> None:
     path = tmp_path / "rules.json"
     path.write_text("{not json")
-    with pytest.raises(StoreError, match="rules.json"):
+    with pytest.raises(StoreError, match=r"rules\.json"):
         RuleStore([], path)
     assert path.read_text() == "{not json"
 

@@ -124,8 +124,12 @@ def _numbers(col: Collector) -> list[int]:
     return seen
 
 
-async def test_broker_killed_and_restarted_loses_nothing(broker: Mosquitto, tmp_path: Path) -> None:
-    """Events raised before, during and after an outage arrive once each, in order."""
+@pytest.mark.parametrize("how", ["stop", "kill"])
+async def test_broker_killed_and_restarted_loses_nothing(
+    broker: Mosquitto, tmp_path: Path, how: str
+) -> None:
+    """Events raised before, during and after an outage (the broker stopped with SIGTERM or
+    killed with SIGKILL) arrive once each, in order; availability comes back online."""
     link = MqttLink(config(broker), Outbox(tmp_path / "o.sqlite", max_messages=1000))
     # a persistent subscriber session: the broker keeps what arrives while it is away
     async with Collector(
@@ -141,7 +145,11 @@ async def test_broker_killed_and_restarted_loses_nothing(broker: Mosquitto, tmp_
             link.publish_event("stream_agent/events", json.dumps({"n": n}).encode())
             n += 1
         await col.wait_for(lambda m: len(_numbers(col)) == 20)
-        broker.stop()  # clean stop: the broker saves the subscriber's session
+        if how == "kill":
+            await asyncio.sleep(1.5)  # the broker autosaves sessions every second
+            broker.kill()
+        else:
+            broker.stop()
         await wait_state(link, "offline")
         t0 = time.monotonic()
         while time.monotonic() - t0 < 3.0:  # events keep coming while the broker is away
@@ -157,6 +165,7 @@ async def test_broker_killed_and_restarted_loses_nothing(broker: Mosquitto, tmp_
         await col.wait_for(lambda m: len(_numbers(col)) == n, 20)
         assert _numbers(col) == list(range(n))
         assert link.status().connects == 2 and link.status().outbox_dropped == 0
+        await col.wait_for(lambda m: payloads(col, "stream_agent/available")[-1:] == [b"online"])
         await link.stop()
         await task
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, model_validator
 
 from stream_agent.alerts.errors import AlertsError
 from stream_agent.alerts.rules import RuleSpec
@@ -119,7 +119,7 @@ class AlertsConfig(_Section):
     """The run-time rule store; None: beside the memory's store (``alert-rules.json``)."""
     history_path: Path | None = None
     """The event history; None: beside the memory's store (``events.sqlite``)."""
-    history_max_bytes: int = Field(default=64 * 1024 * 1024, ge=64 * 1024)
+    history_max_bytes: ByteSize = Field(default=ByteSize(64 * 1024 * 1024), ge=64 * 1024)
     history_retention_s: Seconds | None = None
     """None: the memory's retention horizon."""
     tick_s: Seconds = Field(default=0.25, gt=0, le=10)

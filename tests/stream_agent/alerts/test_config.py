@@ -42,8 +42,10 @@ def test_alerts_config_with_rules() -> None:
         {
             "rules": [{"name": "a", "condition": "Is a person there?", "cooldown_s": "2m"}],
             "mqtt": {"host": "broker", "stats_interval_s": "30s"},
+            "history_max_bytes": "2MiB",
         }
     )
+    assert c.history_max_bytes == 2 * 1024 * 1024
     assert c.rules[0].cooldown_s == 120 and c.mqtt is not None and c.mqtt.stats_interval_s == 30
     with pytest.raises(ValidationError, match="unique"):
         AlertsConfig.model_validate(

@@ -14,12 +14,14 @@ import json
 import logging
 import sqlite3
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream_agent.alerts.errors import StoreError
+from stream_agent.alerts.errors import AlertsError, StoreError
 from stream_agent.alerts.snapshots import SnapshotStore
 from stream_agent.alerts.state import EventRecord
+from stream_agent.protocol import parse_wall_time
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,56 @@ CREATE INDEX IF NOT EXISTS events_camera ON events (camera, start_time);
 CREATE INDEX IF NOT EXISTS events_rule ON events (rule, start_time);
 """
 MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+QUERY_KEYS = ("camera", "rule", "since", "limit")
+
+
+class InvalidQuery(AlertsError):
+    """An event query (``GET /events?...``, a WebSocket request) is malformed."""
+
+    code = "bad_request"
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """The filters of an event listing (see :meth:`EventHistory.list_events`)."""
+
+    camera: str | None = None
+    rule: str | None = None
+    since: float | None = None
+    limit: int = DEFAULT_LIMIT
+
+    @classmethod
+    def parse(cls, params: Mapping[str, str]) -> EventQuery:
+        """From query parameters: ``camera``, ``rule``, ``since`` (Unix seconds or ISO 8601
+        with an offset), ``limit`` (1-1000). Unknown or empty parameters are refused."""
+        unknown = sorted(set(params) - set(QUERY_KEYS))
+        if unknown:
+            raise InvalidQuery(
+                f"unknown parameter {unknown[0]!r}; allowed: {', '.join(QUERY_KEYS)}"
+            )
+        for key, value in params.items():
+            if not value:
+                raise InvalidQuery(f"parameter {key!r} is empty")
+        since = None
+        if "since" in params:
+            text = params["since"]
+            try:
+                since = float(text)
+            except ValueError:
+                try:
+                    since = parse_wall_time(text)
+                except ValueError as exc:
+                    raise InvalidQuery(f"since: {exc}") from None
+        limit = DEFAULT_LIMIT
+        if "limit" in params:
+            try:
+                limit = int(params["limit"])
+            except ValueError:
+                raise InvalidQuery("limit must be a whole number") from None
+            if not 1 <= limit <= MAX_LIMIT:
+                raise InvalidQuery(f"limit must be 1-{MAX_LIMIT}")
+        return cls(params.get("camera"), params.get("rule"), since, limit)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +202,9 @@ class EventHistory:
         with self._lock:
             rows = self._db.execute(query, (*args, limit)).fetchall()
         return [_stored(r) for r in reversed(rows)]
+
+    def query(self, q: EventQuery) -> list[StoredEvent]:
+        return self.list_events(camera=q.camera, rule=q.rule, since=q.since, limit=q.limit)
 
     def open_events(self) -> list[StoredEvent]:
         """Events without an end (left open by a crash; the service ends them at start-up)."""

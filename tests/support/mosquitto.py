@@ -49,12 +49,14 @@ class Mosquitto:
         users: dict[str, str] | None = None,
         persistence: bool = False,
         port: int | None = None,
+        tls: tuple[Path, Path, Path] | None = None,
     ) -> None:
         self.folder = folder
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self._users = users
         self._persistence = persistence
+        self._tls = tls  # (CA, server certificate, server key)
         self._proc: subprocess.Popen[bytes] | None = None
         folder.mkdir(parents=True, exist_ok=True)
         self.log_path = folder / "mosquitto.log"
@@ -71,6 +73,9 @@ class Mosquitto:
             "connection_messages true",
             "max_queued_messages 100000",
         ]
+        if self._tls is not None:
+            ca, cert, key = self._tls
+            lines += [f"cafile {ca}", f"certfile {cert}", f"keyfile {key}"]
         if self._persistence:
             lines += [
                 "persistence true",

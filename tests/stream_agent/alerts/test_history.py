@@ -100,3 +100,35 @@ def test_file_snapshot_store(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError):
         s.put("../evil", b"")
+
+
+def test_event_query_parsing() -> None:
+    import pytest
+
+    from stream_agent.alerts.history import EventQuery, InvalidQuery
+
+    q = EventQuery.parse({"camera": "door", "since": "2026-01-01T00:00:00Z", "limit": "5"})
+    assert (q.camera, q.rule, q.since, q.limit) == ("door", None, 1767225600.0, 5)
+    assert EventQuery.parse({"since": "1000.5"}).since == 1000.5
+    assert EventQuery.parse({}).limit == 100
+    for bad, word in [
+        ({"cam": "x"}, "unknown parameter"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "many"}, "limit"),
+        ({"since": "yesterday"}, "since"),
+        ({"since": "2026-01-01T00:00:00"}, "offset"),
+        ({"rule": ""}, "empty"),
+    ]:
+        with pytest.raises(InvalidQuery, match=word):
+            EventQuery.parse(bad)
+
+
+def test_query_runs_the_listing(tmp_path: Path) -> None:
+    from stream_agent.alerts.history import EventQuery
+
+    h = EventHistory(tmp_path / "e.sqlite")
+    for i in range(4):
+        h.record(ev(i, camera="door" if i < 2 else "yard"), "end")
+    got = h.query(EventQuery.parse({"camera": "yard", "limit": "1"}))
+    assert [e.record.id for e in got] == ["e003"]
+    assert got[0].to_json()["type"] == "end" and got[0].to_json()["id"] == "e003"

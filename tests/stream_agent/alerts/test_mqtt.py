@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -255,3 +256,92 @@ async def test_prefix_is_configurable(broker: Mosquitto, prefix: str) -> None:
         await col.wait_for(lambda m: payloads(col, f"{prefix}/available")[-1:] == [b"online"])
         await link.stop()
         await task
+
+
+async def test_outbox_overflow_while_offline_is_counted(tmp_path: Path) -> None:
+    broker = Mosquitto(tmp_path / "late")  # not started: the broker is unreachable
+    link = MqttLink(config(broker), Outbox(tmp_path / "o.sqlite", max_messages=10))
+    task = asyncio.create_task(link.run())
+    for n in range(25):
+        link.publish_event("stream_agent/events", json.dumps({"n": n}).encode())
+    await wait_state(link, "offline")
+    status = link.status()
+    assert (status.outbox, status.outbox_dropped) == (10, 15)
+    broker.start()
+    try:
+        async with Collector(broker, ["stream_agent/events"]) as col:
+            await col.wait_for(lambda m: len(_numbers(col)) == 10, 15)
+            assert _numbers(col) == list(range(15, 25))  # the newest were kept, in order
+    finally:
+        await link.stop()
+        await task
+        broker.kill()
+
+
+def _make_certs(folder: Path) -> tuple[Path, Path, Path]:
+    """A CA and a server certificate for 127.0.0.1 (EC keys), made with the openssl command."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (
+        folder / n for n in ("ca.key", "ca.pem", "s.key", "s.csr", "s.pem")
+    )
+    ext = folder / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        *ec,
+        "-keyout",
+        str(ca_key),
+        "-out",
+        str(ca),
+        "-days",
+        "2",
+        "-subj",
+        "/CN=test-ca",
+    )
+    run("req", *ec, "-keyout", str(key), "-out", str(csr), "-subj", "/CN=127.0.0.1")
+    run(
+        "x509",
+        "-req",
+        "-in",
+        str(csr),
+        "-CA",
+        str(ca),
+        "-CAkey",
+        str(ca_key),
+        "-CAcreateserial",
+        "-out",
+        str(cert),
+        "-days",
+        "2",
+        "-extfile",
+        str(ext),
+    )
+    return ca, cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="the openssl command is missing")
+async def test_tls_to_the_broker(tmp_path: Path) -> None:
+    ca, cert, key = _make_certs(tmp_path / "certs")
+    broker = Mosquitto(tmp_path / "tls", tls=(ca, cert, key))
+    broker.start()
+    try:
+        good = MqttLink(config(broker, tls={"ca_file": ca}), Outbox(None))
+        task = asyncio.create_task(good.run())
+        await wait_state(good, "online")
+        await good.stop()
+        await task
+        # a CA that did not sign the broker's certificate: refused in the handshake
+        wrong = MqttLink(config(broker, tls={"ca_file": cert}), Outbox(None))
+        task = asyncio.create_task(wrong.run())
+        await wait_state(wrong, "offline")
+        assert "certificate" in wrong.status().reason.lower()
+        await wrong.stop()
+        await task
+    finally:
+        broker.kill()

@@ -398,3 +398,65 @@ async def test_restart_delivers_the_outbox_and_ends_leftover_events(
         assert first[-1]["after"]["end_reason"] == "shutdown"
         old = [e for e in evs if e["id"] == "old-1"]
         assert [e["type"] for e in old] == ["end"] and old[0]["after"]["end_reason"] == "restart"
+
+
+async def test_home_assistant_coming_online_gets_discovery_and_states_again(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    import aiomqtt
+
+    disc = "homeassistant/device/stream_agent/config"
+    async with (
+        Collector(broker, [disc, f"{P}/door/person"]) as col,
+        rig(tmp_path, broker, [rule()]),
+    ):
+        await col.wait_for(
+            lambda m: len(col.on(disc)) == 1 and len(col.on(f"{P}/door/person")) == 1
+        )
+        async with aiomqtt.Client(broker.host, broker.port) as ha:
+            await ha.publish("homeassistant/status", b"online", qos=1)
+        await col.wait_for(
+            lambda m: len(col.on(disc)) == 2 and len(col.on(f"{P}/door/person")) == 2
+        )
+        assert col.on(disc)[0].payload == col.on(disc)[1].payload
+
+
+async def test_build_alerts_from_the_config_section(broker: Mosquitto, tmp_path: Path) -> None:
+    from stream_agent.alerts.build import build_alerts
+    from stream_agent.alerts.config import AlertsConfig
+
+    cfg = AlertsConfig.model_validate(
+        {
+            "rules": [{"name": "person", "condition": "Is a person in view?", "cameras": ["door"]}],
+            "mqtt": {
+                "host": broker.host,
+                "port": broker.port,
+                "prefix": "home/agent",
+                "command_token_env": "TOKEN",
+            },
+            "tick_s": 0.05,
+        }
+    )
+    board = Board(["door"])
+    alerts = build_alerts(
+        cfg, board=board, engine=Engine(), data_dir=tmp_path, environ={"TOKEN": "t"}
+    )
+    assert alerts.link is not None
+    async with Collector(
+        broker, ["home/agent/available", "homeassistant/device/home_agent/config"]
+    ) as col:
+        task = asyncio.create_task(alerts.service.run())
+        await col.wait_for(lambda m: len(col.on("homeassistant/device/home_agent/config")) == 1)
+        payload = json.loads(col.on("homeassistant/device/home_agent/config")[0].payload)
+        assert payload["availability_topic"] == "home/agent/available"
+        assert "home_agent_door_person" in payload["cmps"]
+        await alerts.service.stop()
+        await asyncio.wait_for(task, 10)
+        await col.wait_for(lambda m: col.on("home/agent/available")[-1].payload == b"offline")
+    alerts.close()
+    assert {p.name for p in tmp_path.iterdir()} >= {
+        "events.sqlite",
+        "mqtt-outbox.sqlite",
+        "event-frames",
+    }
+    assert alerts.service.commands.handle({"op": "list"})["error"]["code"] == "unauthorised"

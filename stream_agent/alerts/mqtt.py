@@ -293,12 +293,14 @@ class MqttLink:
             await self._wake.wait()
             self._wake.clear()
             while self._dirty:
+                # unmark first: a newer value set while this one is on its way marks it again
+                # (after a failure, the next connect publishes every retained topic anyway)
                 topic = next(iter(self._dirty))
+                del self._dirty[topic]
                 payload, qos = self._retained[topic]
                 await client.publish(topic, payload or b"", qos=qos, retain=True)
-                self._dirty.pop(topic, None)
-                if payload is None and self._retained.get(topic) == (None, qos):
-                    del self._retained[topic]
+                if payload is None and topic not in self._dirty:
+                    self._retained.pop(topic, None)
             while self._transient:
                 message = self._transient[0]
                 await client.publish(message.topic, message.payload, qos=message.qos)

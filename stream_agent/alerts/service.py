@@ -27,7 +27,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import tzinfo
 from typing import Protocol
@@ -591,7 +591,3 @@ class AlertService:
             return
         body = {**self.status(), "uptime_s": round(self._clock() - self._started, 1)}
         self._link.publish(self._topics.stats, json.dumps(body).encode())
-
-
-def rules_of(rules: Iterable[Rule]) -> Mapping[str, RuleSpec]:
-    return {r.name: r.spec for r in rules}

@@ -345,3 +345,26 @@ async def test_tls_to_the_broker(tmp_path: Path) -> None:
         await task
     finally:
         broker.kill()
+
+
+async def test_the_latest_retained_value_always_reaches_the_broker(
+    broker: Mosquitto, tmp_path: Path
+) -> None:
+    link = MqttLink(config(broker), Outbox(None))
+    task = asyncio.create_task(link.run())
+    await wait_state(link, "online")
+    async with Collector(broker, ["stream_agent/cam/state"]) as col:
+        for n in range(300):
+            link.set_retained("stream_agent/cam/state", str(n).encode())
+            if n % 7 == 0:
+                await asyncio.sleep(0)  # let the sender run in between
+        await col.wait_for(
+            lambda m: (
+                col.on("stream_agent/cam/state")[-1:] != []
+                and col.on("stream_agent/cam/state")[-1].payload == b"299"
+            )
+        )
+        got = [int(m.payload) for m in col.on("stream_agent/cam/state")]
+        assert got == sorted(got)
+    await link.stop()
+    await task

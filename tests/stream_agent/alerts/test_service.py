@@ -460,3 +460,51 @@ async def test_build_alerts_from_the_config_section(broker: Mosquitto, tmp_path:
         "event-frames",
     }
     assert alerts.service.commands.handle({"op": "list"})["error"]["code"] == "unauthorised"
+
+
+async def test_broker_killed_while_events_are_raised(broker: Mosquitto, tmp_path: Path) -> None:
+    """Events keep firing while the broker is away (killed, restarted 3 s later); afterwards every lifecycle step has arrived
+    once, in the order the service raised them, each id's start before its end."""
+    topics = [f"{P}/events", f"{P}/available"]
+    async with (
+        Collector(broker, topics, client_id="t-sub", persistent=True) as col,
+        rig(tmp_path, broker, [rule(cameras=["door"])], engine=Engine(describe_delay_s=0.05)) as r,
+    ):
+
+        async def flip(seconds: float) -> None:
+            end = time.monotonic() + seconds
+            while time.monotonic() < end:
+                r.engine.scores["person"] = 0.9 if r.engine.scores.get("person", 0) < 0.5 else 0.1
+                await asyncio.sleep(0.6)
+
+        await flip(2.0)
+        await asyncio.sleep(1.2)  # the broker autosaves the subscriber's session every second
+        broker.kill()
+        await flip(3.0)
+        assert r.link.status().outbox > 0
+        broker.start()
+        await flip(2.0)
+        r.engine.scores["person"] = 0.0
+        await asyncio.sleep(1.2)
+        raised = [(lc.type, lc.id) for lc in r.seen]
+        assert sum(t == "start" for t, _ in raised) >= 4
+
+        def arrived() -> list[tuple[str, str]]:
+            """(type, id) in arrival order; a redelivered message (at least once: the same
+            bytes again) counted once."""
+            seen: set[bytes] = set()
+            out: list[tuple[str, str]] = []
+            for m in col.on(f"{P}/events"):
+                if m.payload not in seen:
+                    seen.add(m.payload)
+                    e = json.loads(m.payload)
+                    out.append((e["type"], e["id"]))
+            return out
+
+        await col.wait_for(lambda m: len(arrived()) >= len(raised), 20)
+        got = arrived()
+        assert got == raised
+        for event_id in {i for _, i in got}:
+            steps = [t for t, i in got if i == event_id]
+            assert steps[0] == "start" and steps[-1] == "end" and steps.count("end") == 1
+        assert [m.payload for m in col.on(f"{P}/available")][-1] == b"online"

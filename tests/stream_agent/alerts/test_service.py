@@ -463,8 +463,9 @@ async def test_build_alerts_from_the_config_section(broker: Mosquitto, tmp_path:
 
 
 async def test_broker_killed_while_events_are_raised(broker: Mosquitto, tmp_path: Path) -> None:
-    """Events keep firing while the broker is away (killed, restarted 3 s later); afterwards every lifecycle step has arrived
-    once, in the order the service raised them, each id's start before its end."""
+    """Events keep firing while the broker is away (killed, restarted 3 s later); afterwards
+    every lifecycle step has arrived once, in the order the service raised them, each id's
+    start before its end."""
     topics = [f"{P}/events", f"{P}/available"]
     async with (
         Collector(broker, topics, client_id="t-sub", persistent=True) as col,

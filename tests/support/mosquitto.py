@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import os
 import pwd
-import shutil
 import signal
 import socket
 import subprocess
@@ -232,7 +231,3 @@ class Collector:
                 seen = [(m.topic, m.payload[:80]) for m in self.messages[-20:]]
                 raise AssertionError(f"timed out waiting; last messages: {seen}")
             await asyncio.sleep(0.05)
-
-
-def mosquitto_available() -> bool:
-    return shutil.which(str(MOSQUITTO)) is not None

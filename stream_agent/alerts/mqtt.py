@@ -225,6 +225,9 @@ class MqttLink:
                     self._set_state("offline", str(exc) or type(exc).__name__)
             except (aiomqtt.MqttError, OSError) as exc:
                 self._set_state("offline", str(exc) or type(exc).__name__)
+            except Exception as exc:  # a bug must not end the link: log it, reconnect
+                log.exception("MQTT session failed unexpectedly")
+                self._set_state("offline", f"internal error: {type(exc).__name__}")
             if self._stopping.is_set():
                 break
             delay = self._backoff.next_delay()

@@ -302,6 +302,7 @@ class AlertService:
         online = {v.name for v in self._board.views() if v.state == "online"}
         for i in range(len(cameras)):
             camera = cameras[(self._turn + i) % len(cameras)]
+            now = self._clock() if i else now  # an engine batch may have taken a while
             due = [
                 spec
                 for spec in rules

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -215,13 +216,16 @@ async def test_retained_state_republished_when_home_assistant_comes_online(
     await task
 
 
-async def test_wrong_credentials_show_refused_and_block_nothing(tmp_path: Path) -> None:
-    broker = Mosquitto(tmp_path / "auth", users={"agent": "right"})
+async def test_wrong_credentials_show_refused_and_block_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    broker = Mosquitto(tmp_path / "auth", users={"agent": "right-pw"})
     broker.start()
     try:
         cfg = config(broker, username="agent", password_env="PW")
         box = tmp_path / "outbox.sqlite"
-        link = MqttLink(cfg, Outbox(box), secrets=MqttSecrets(password="wrong"))
+        link = MqttLink(cfg, Outbox(box), secrets=MqttSecrets(password="wrong-pw"))
         task = asyncio.create_task(link.run())
         await wait_state(link, "refused")
         t0 = time.perf_counter()
@@ -231,19 +235,23 @@ async def test_wrong_credentials_show_refused_and_block_nothing(tmp_path: Path) 
             link.publish("stream_agent/stats", b"{}")
         assert time.perf_counter() - t0 < 1.0  # enqueueing only, no waiting on the broker
         status = link.status()
-        assert status.state == "refused" and "right" not in status.reason
+        assert status.state == "refused" and "pw" not in status.reason
+        refused = [r for r in caplog.records if "refused" in r.getMessage()]
+        assert len(refused) == 1  # one line per state change, not one per attempt
         assert status.outbox == 100 and status.transient_dropped == 100
         await link.stop()
         await asyncio.wait_for(task, 10)
         # with the right password, what queued up meanwhile is delivered
         async with Collector(
-            broker, ["stream_agent/events"], username="agent", password="right"
+            broker, ["stream_agent/events"], username="agent", password="right-pw"
         ) as col:
-            good = MqttLink(cfg, Outbox(box), secrets=MqttSecrets(password="right"))
+            good = MqttLink(cfg, Outbox(box), secrets=MqttSecrets(password="right-pw"))
             task = asyncio.create_task(good.run())
             await col.wait_for(lambda m: len(col.on("stream_agent/events")) >= 100)
             await good.stop()
             await task
+        logged = "\n".join(r.getMessage() for r in caplog.records)
+        assert "wrong-pw" not in logged and "right-pw" not in logged
     finally:
         broker.kill()
 

@@ -136,6 +136,7 @@ async def rig(
     token: str | None = None,
     engine: Engine | None = None,
     feed: bool = True,
+    stats_interval_s: float = 60.0,
 ) -> AsyncIterator[Rig]:
     cfg = MqttConfig(host=broker.host, port=broker.port, backoff=FAST)
     link = MqttLink(cfg, Outbox(tmp / "outbox.sqlite"), secrets=MqttSecrets(command_token=token))
@@ -153,6 +154,7 @@ async def rig(
         device=DeviceInfo(node_id=cfg.effective_node_id),
         command_token=token,
         tick_s=0.05,
+        stats_interval_s=stats_interval_s,
     )
     seen: list[Lifecycle] = []
     service.subscribe(seen.append, camera="door")
@@ -509,3 +511,14 @@ async def test_broker_killed_while_events_are_raised(broker: Mosquitto, tmp_path
             steps = [t for t, i in got if i == event_id]
             assert steps[0] == "start" and steps[-1] == "end" and steps.count("end") == 1
         assert [m.payload for m in col.on(f"{P}/available")][-1] == b"online"
+
+
+async def test_stats_are_published_periodically(broker: Mosquitto, tmp_path: Path) -> None:
+    async with (
+        Collector(broker, [f"{P}/stats"]) as col,
+        rig(tmp_path, broker, [rule(cameras=["door"])], stats_interval_s=1.0),
+    ):
+        await col.wait_for(lambda m: len(col.on(f"{P}/stats")) >= 2, 10)
+        stats = json.loads(col.on(f"{P}/stats")[-1].payload)
+        assert stats["mqtt"]["state"] == "online" and stats["rules"] == 1
+        assert stats["gates"]["person"]["asked"] >= 1 and stats["uptime_s"] >= 1.0

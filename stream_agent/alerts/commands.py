@@ -73,10 +73,19 @@ def _error(cid: object, op: object, code: str, message: str) -> dict[str, Any]:
 class RuleCommands:
     """Validates and carries out rule commands. ``token`` None: no token required."""
 
-    def __init__(self, store: RuleStore, on_change: OnChange, token: str | None = None) -> None:
+    def __init__(
+        self,
+        store: RuleStore,
+        on_change: OnChange,
+        token: str | None = None,
+        check: Callable[[RuleSpec], None] | None = None,
+    ) -> None:
+        """``check`` vets a new or changed rule against the daemon (e.g. its cameras exist)
+        and raises :class:`~stream_agent.alerts.errors.InvalidRule` to refuse it."""
         self._store = store
         self._on_change = on_change
         self._token = token
+        self._check = check
 
     def handle(self, payload: bytes | str | dict[str, Any], *, trusted: bool = False) -> dict:
         """Carry out one command and return the reply. ``trusted`` skips the token check (for
@@ -116,11 +125,16 @@ class RuleCommands:
         if isinstance(command, ListCommand):
             return {"rules": [r.to_json() for r in store.all()]}
         if isinstance(command, AddCommand):
-            after = store.add(RuleSpec.parse(command.rule))
+            spec = RuleSpec.parse(command.rule)
+            if self._check is not None:
+                self._check(spec)
+            after = store.add(spec)
             self._notify("add", None, after)
             return {"rule": after.to_json()}
         if isinstance(command, UpdateCommand):
             before = store.get(command.name)
+            if self._check is not None and before.source == "runtime":
+                self._check(RuleSpec.parse({**before.spec.to_json(), **command.changes}))
             after = store.update(command.name, command.changes)
             self._notify("update", before, after)
             return {"rule": after.to_json()}

@@ -38,6 +38,7 @@ import numpy.typing as npt
 from stream_agent.alerts import gates as g
 from stream_agent.alerts.commands import ChangeKind, RuleCommands
 from stream_agent.alerts.discovery import DeviceInfo, device_config, platforms
+from stream_agent.alerts.errors import InvalidRule
 from stream_agent.alerts.history import EventHistory
 from stream_agent.alerts.mqtt import MqttLink
 from stream_agent.alerts.rules import Rule, RuleSpec, RuleStore
@@ -172,7 +173,9 @@ class AlertService:
         self._clock = clock
         self._tz = tz
         self.counters = g.GateCounters()
-        self.commands = RuleCommands(store, self._rule_changed, token=command_token)
+        self.commands = RuleCommands(
+            store, self._rule_changed, token=command_token, check=self._check_rule
+        )
         self._states: dict[tuple[str, str], RuleState] = {}
         self._last_check: dict[tuple[str, str], float] = {}
         self._person_cache: dict[str, tuple[int, g.PersonResult]] = {}
@@ -568,6 +571,15 @@ class AlertService:
         self._link.set_retained(
             self._topics.discovery(self._device.node_id), json.dumps(payload).encode()
         )
+
+    def _check_rule(self, spec: RuleSpec) -> None:
+        if spec.cameras == "all":
+            return
+        unknown = [c for c in spec.cameras if c not in self._board.names]
+        if unknown:
+            raise InvalidRule(
+                f"cameras: no camera named {unknown[0]!r}; cameras: {', '.join(self._board.names)}"
+            )
 
     def _on_mqtt_message(self, topic: str, payload: bytes) -> None:
         if topic != self._topics.command or self._link is None:

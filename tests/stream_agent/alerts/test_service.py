@@ -319,8 +319,13 @@ async def test_commands_over_mqtt_and_discovery(broker: Mosquitto, tmp_path: Pat
                 client_raw["error"]["code"] == "bad_request"
                 and "colour" in client_raw["error"]["message"]
             )
+            unknown_cam = await command(
+                {"id": "2b", "op": "add", "token": "tok", "rule": {**new, "cameras": ["attic"]}}
+            )
+            assert unknown_cam["error"]["code"] == "bad_request"
+            assert "attic" in unknown_cam["error"]["message"]
             await client.publish(f"{P}/rules/set", b"\x00garbage", qos=1)
-            await col.wait_for(lambda m: len(col.on(f"{P}/rules/result")) >= 3)
+            await col.wait_for(lambda m: len(col.on(f"{P}/rules/result")) >= 4)
             assert json.loads(col.on(f"{P}/rules/result")[-1].payload)["ok"] is False
             assert len(col.on(disc)) == n_configs and "intruder" not in r.service.commands._store
             ok = await command({"id": "3", "op": "add", "token": "tok", "rule": new})

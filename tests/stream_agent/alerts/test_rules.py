@@ -129,3 +129,50 @@ def test_a_failed_write_changes_nothing(tmp_path: Path) -> None:
     with pytest.raises(StoreError):
         store.add(spec(name="x"))
     assert store.all() == ()
+
+
+hhmm = st.tuples(st.integers(0, 23), st.integers(0, 59)).map(lambda t: f"{t[0]:02d}:{t[1]:02d}")
+
+
+@st.composite
+def rule_json(draw: st.DrawFn) -> dict[str, object]:
+    ranges = [f"{a}-{b}" for a, b in draw(st.lists(st.tuples(hhmm, hhmm), max_size=3)) if a != b]
+    return {
+        "name": draw(
+            st.from_regex(r"[a-z0-9][a-z0-9_-]{0,20}", fullmatch=True).filter(
+                lambda n: n not in {"state", "snapshot", "event", "set", "result", "all"}
+            )
+        ),
+        "cameras": draw(
+            st.one_of(
+                st.just("all"),
+                st.lists(
+                    st.from_regex(r"[a-z]{1,8}", fullmatch=True),
+                    min_size=1,
+                    max_size=3,
+                    unique=True,
+                ),
+            )
+        ),
+        "condition": draw(
+            st.text(
+                st.characters(codec="utf-8", categories=["L", "N", "Zs"]), min_size=3, max_size=80
+            ).filter(lambda t: len(" ".join(t.split())) >= 3)
+        ),
+        "check_interval_s": draw(st.floats(0.5, 3600)),
+        "min_duration_s": draw(st.floats(0, 600)),
+        "cooldown_s": draw(st.floats(0, 600)),
+        "active_hours": ranges or None,
+        "threshold": draw(st.floats(0.01, 0.99)),
+        "gates": {
+            "motion": draw(st.one_of(st.none(), st.floats(0, 1))),
+            "person": draw(st.booleans()),
+        },
+        "paused": draw(st.booleans()),
+    }
+
+
+@given(rule_json())
+def test_the_json_form_parses_back_to_the_same_rule(data: dict[str, object]) -> None:
+    r = RuleSpec.parse(data)
+    assert RuleSpec.parse(json.loads(json.dumps(r.to_json()))) == r

@@ -122,6 +122,7 @@ export class AskPanel {
     this.order.push(entry);
     this.e.history.prepend(entry.node);
     this.e.empty.hidden = true;
+    this.e.question.value = "";
     this._sync();
   }
 

@@ -74,7 +74,7 @@ export class CamerasPanel {
     const state = el("span", { class: "state", id: `${id}-state` });
     const reason = el("span", { class: "reason" });
     const img = el("img", { alt: `Newest frame of camera ${name}`, hidden: true, width: 320 });
-    const waiting = el("p", { class: "preview-wait", text: "Waiting for the first frame…" });
+    const waiting = el("p", { class: "preview-wait", text: "No frame yet" });
     const caption = el("figcaption", { class: "muted" });
     const lag = el("dd", { text: "–" });
     const covers = el("dd", { text: "–" });

@@ -91,9 +91,12 @@ function showLogin(error) {
 }
 
 function hideLogin() {
+  const hadFocus = $("login").contains(document.activeElement);
   $("login").hidden = true;
   $("workspace").hidden = false;
   $("token-error").textContent = "";
+  // The focus was in the form that just went away: put it where the person goes next.
+  if (hadFocus) $("question").focus();
 }
 
 connection.on("state", (detail) => {

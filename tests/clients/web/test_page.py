@@ -52,6 +52,9 @@ def test_the_page_shows_every_camera_and_streams_an_answer(session_page: Session
     # The live preview refreshes from the snapshot endpoint.
     page.wait_for_selector(f'.camera[data-camera="{LIVE_CAMERA}"] .preview img:not([hidden])')
     assert natural_sizes(page, f'.camera[data-camera="{LIVE_CAMERA}"] .preview img')[0][0] > 0
+    caption = live.locator(".preview figcaption")
+    expect(caption).to_contain_text("Frame of")
+    expect(caption).not_to_have_text(caption.inner_text(), timeout=10_000)  # it refreshes
     # The timeline and the system panel know the memory's span.
     expect(live.locator(".facts dd").nth(1)).to_contain_text("blocks")
     expect(page.locator("#memory-table tbody tr")).to_have_count(2)
@@ -167,6 +170,8 @@ def test_the_keyboard_alone_logs_in_asks_and_opens_evidence(
     page.keyboard.type(TOKEN)
     page.keyboard.press("Enter")
     expect(page.locator(f'.camera[data-camera="{LIVE_CAMERA}"]')).to_be_visible()
+    expect(page.locator("#question")).to_be_focused()  # where the login form was
+    page.keyboard.press("Shift+Tab")
     tab_to(page, "question")
     page.keyboard.type("What moved?")
     page.keyboard.press("Control+Enter")
@@ -179,6 +184,10 @@ def test_the_keyboard_alone_logs_in_asks_and_opens_evidence(
     page.keyboard.press("Escape")
     expect(page.locator("#frame-dialog")).to_be_hidden()
     assert recorder.problems() == []
+    # The session's history survives a reload of the tab (and the token logs in again).
+    page.reload()
+    expect(page.locator(".entry .question")).to_contain_text("What moved?")
+    expect(page.locator("#login")).to_be_hidden()
 
 
 def tab_to(page: Page, element_id: str | None, *, selector: str = "", limit: int = 80) -> None:
@@ -213,6 +222,8 @@ def test_no_serious_accessibility_violations_on_the_login_form(
     page.goto(daemon.http_url + "/")
     log_in(page, "wrong")
     expect(page.locator("#token-error")).not_to_be_empty()
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "login-error.png"))
     found = []
     for scheme in ("light", "dark"):
         page.emulate_media(color_scheme=scheme)

@@ -6,7 +6,7 @@
 export const PROTOCOL = 1;
 
 const MIN_DELAY_MS = 500;
-const MAX_DELAY_MS = 10000;
+const MAX_DELAY_MS = 5000;
 
 /** Where the token lives: this tab's session by default, the device only when asked. */
 export class TokenStore {

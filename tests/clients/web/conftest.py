@@ -27,21 +27,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def daemon(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Callable[[str], Path]
-) -> Iterator[DaemonProcess]:
+def run_daemon(folder: Path, model: Path, *, token: bool = True) -> Iterator[DaemonProcess]:
+    """The daemon on the shared clip (plus a camera that cannot connect), on a fixed free port
+    so that a restart comes back where the page looks for it."""
     if not SHARED_CLIP.is_file():
         pytest.skip(f"the shared test clip is absent ({SHARED_CLIP})")
-    folder = tmp_path_factory.mktemp("web")
     config = write_config(
         folder / "daemon.yaml",
         cameras=[
             {"name": LIVE_CAMERA, "path": str(SHARED_CLIP), "fps": 1},
             {"name": DEAD_CAMERA, "url": f"rtsp://127.0.0.1:{free_port()}/nothing"},
         ],
-        model=tiny_model_dir("llava_onevision"),
+        model=model,
         store=folder / "memory",
+        token=token,
         max_new_tokens=MAX_NEW_TOKENS,
         server={"port": free_port()},
     )
@@ -53,6 +52,15 @@ def daemon(
             assert process.stop(signal.SIGTERM) == 0, process.log_tail()
     finally:
         process.close()
+
+
+@pytest.fixture(scope="module")
+def daemon(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Callable[[str], Path]
+) -> Iterator[DaemonProcess]:
+    """A daemon with a token."""
+    folder = tmp_path_factory.mktemp("web")
+    yield from run_daemon(folder, tiny_model_dir("llava_onevision"))
 
 
 @pytest.fixture(scope="module")

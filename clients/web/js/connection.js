@@ -196,7 +196,8 @@ export class Connection {
       return;
     }
     if (wasReady && this._lostAt === null) this._lostAt = Date.now();
-    if (this.state === "login" || this.state === "authenticating") {
+    const waitingForLogin = this.state === "login" || this.state === "authenticating";
+    if (waitingForLogin && event.code === 1008) {
       // The daemon closes unauthenticated connections after a while (or after wrong tokens):
       // open a fresh one quietly, and keep showing the login form.
       if (this.state === "authenticating") this._setState("login", { error: this._loginError });

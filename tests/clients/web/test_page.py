@@ -58,6 +58,12 @@ def test_the_page_shows_every_camera_and_streams_an_answer(session_page: Session
     # The timeline and the system panel know the memory's span.
     expect(live.locator(".facts dd").nth(1)).to_contain_text("blocks")
     expect(page.locator("#memory-table tbody tr")).to_have_count(2)
+    cells = page.locator("#memory-table tbody tr", has_text=LIVE_CAMERA).locator("td")
+    covers, _, ram, disk, reuse, kept, lag = cells.all_inner_texts()
+    assert re.search(r"\d:\d\d:\d\d.* – .*\d:\d\d:\d\d", covers), covers
+    assert ram.endswith("B") and disk.endswith("B"), (ram, disk)
+    assert reuse.endswith("%") and kept.endswith("%"), (reuse, kept)
+    assert lag.endswith(" s"), lag
 
     answer_id = ask(page, "What did the person do?")
     selector = entry(page, answer_id)

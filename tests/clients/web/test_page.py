@@ -212,11 +212,15 @@ def tab_to(page: Page, element_id: str | None, *, selector: str = "", limit: int
 
 def test_no_serious_accessibility_violations(session_page: Session) -> None:
     page, _ = session_page
-    ensure_answer(page)
+    answer_id = ensure_answer(page)
     found = []
     for scheme in ("light", "dark"):
         page.emulate_media(color_scheme=scheme)
         found += serious_violations(page, scheme)
+    page.locator(f"{entry(page, answer_id)} .thumb").first.click()
+    expect(page.locator("#frame-dialog")).to_be_visible()
+    found += serious_violations(page, "dark, frame dialog open")
+    page.keyboard.press("Escape")
     page.emulate_media(color_scheme="light")
     assert found == []
 

@@ -113,17 +113,29 @@ def test_a_thumbnail_opens_large_and_the_timeline_asks_about_a_moment(
 
 
 def test_a_running_answer_can_be_cancelled(session_page: Session) -> None:
+    """Two questions in flight; the second (queued behind the first in the engine, so the cancel
+    cannot lose a race with a fast tiny model) is cancelled with its own button."""
     page, recorder = session_page
+    before = page.locator(".entry").count()
+    page.fill("#question", "What is on the floor?")
+    page.click("#ask-send")
+    expect(page.locator(".entry")).to_have_count(before + 1)
+    first_id = page.locator(".entry").first.get_attribute("data-id")
     page.fill("#question", "Describe everything you saw, in detail.")
     page.select_option("#ask-camera", LIVE_CAMERA)
     page.check("#range-last")
     page.fill("#range-minutes", "5")
     page.click("#ask-send")
-    newest = page.locator(".entry").first
-    expect(newest.locator(".outcome")).to_have_text("Answering…")
-    page.click("#ask-cancel")
-    expect(newest).to_have_attribute("data-outcome", "cancelled", timeout=30_000)
-    expect(newest.locator(".meta")).to_contain_text(f"camera {LIVE_CAMERA}")
+    second = page.locator(".entry").first
+    expect(second.locator(".question")).to_contain_text("Describe everything")
+    expect(second.locator(".outcome")).to_have_text("Answering…")
+    second.get_by_role("button", name="Cancel").click()
+    expect(second).to_have_attribute("data-outcome", "cancelled", timeout=30_000)
+    expect(second.locator(".outcome")).to_contain_text("Cancelled")
+    expect(second.locator(".meta")).to_contain_text(f"camera {LIVE_CAMERA}")
+    other = page.locator(f'.entry[data-id="{first_id}"]')
+    expect(other).not_to_have_attribute("data-outcome", "streaming", timeout=60_000)
+    assert other.get_attribute("data-outcome") in ("stop", "length")
     expect(page.locator("#ask-cancel")).to_be_disabled()
     page.select_option("#ask-camera", "")
     page.check("#range-any")

@@ -79,10 +79,21 @@ export class CamerasPanel {
     const lag = el("dd", { text: "–" });
     const covers = el("dd", { text: "–" });
     const dropped = el("dd", { text: "0" });
-    const track = el("div", { class: "track" });
+    // The track is a slider too: arrows move a cursor along the memory, Enter asks about it.
+    const track = el("div", {
+      class: "track",
+      role: "slider",
+      tabindex: 0,
+      "aria-label": `Moment of camera ${name} to ask about (arrows move, Enter asks)`,
+      "aria-valuemin": 0,
+      "aria-valuemax": 0,
+      "aria-valuenow": 0,
+      "aria-valuetext": "no memory yet",
+    });
     const covered = el("div", { class: "covered" });
+    const cursor = el("div", { class: "cursor", "aria-hidden": "true" });
     const marks = el("div", { class: "marks" });
-    track.append(covered);
+    track.append(covered, cursor);
     const from = el("span", {});
     const to = el("span", { text: "now" });
     const timeline = el(
@@ -100,6 +111,7 @@ export class CamerasPanel {
       const [start, end] = card.window;
       this._askAbout(name, start + share * (end - start));
     });
+    track.addEventListener("keydown", (event) => this._onTrackKey(name, event));
     const node = el(
       "article",
       { class: "camera", "data-camera": name, "aria-labelledby": `${id}-name` },
@@ -137,8 +149,11 @@ export class CamerasPanel {
       dropped,
       track,
       covered,
+      cursor,
       marks,
+      markButtons: new Map(),
       from,
+      at: undefined, // the slider's moment (ms), undefined: at the live end
       loading: false,
       camera: undefined,
       window: undefined,
@@ -178,32 +193,80 @@ export class CamerasPanel {
       card.window = undefined;
       card.covered.style.width = "0";
       card.from.textContent = "no memory yet";
+      card.track.setAttribute("aria-valuetext", "no memory yet");
       card.marks.replaceChildren();
+      card.markButtons.clear();
       return;
     }
     const start = Date.parse(memory.start_time);
     const end = Math.min(now, Date.parse(memory.end_time ?? memory.start_time));
     const span = Math.max(1000, now - start);
     card.window = [start, now];
+    const at = Math.min(now, Math.max(start, card.at ?? now));
+    card.track.setAttribute("aria-valuemin", String(Math.floor(start / 1000)));
+    card.track.setAttribute("aria-valuemax", String(Math.ceil(now / 1000)));
+    card.track.setAttribute("aria-valuenow", String(Math.round(at / 1000)));
+    card.track.setAttribute("aria-valuetext", clock(at));
+    card.cursor.style.left = `${(((at - start) / span) * 100).toFixed(2)}%`;
     card.from.textContent = clock(start);
     card.covered.style.left = "0";
     card.covered.style.width = `${Math.max(0.5, ((end - start) / span) * 100)}%`;
-    const buttons = [];
+    // Buttons are kept across redraws (every status), so that a focused mark keeps the focus.
+    const shown = new Set();
     for (const mark of this.marks.get(card.name) ?? []) {
       if (mark.time < start || mark.time > now) continue;
-      const left = ((mark.time - start) / span) * 100;
-      buttons.push(
-        el("button", {
+      const key = `${mark.kind}:${mark.time}`;
+      shown.add(key);
+      let button = card.markButtons.get(key);
+      if (button === undefined) {
+        button = el("button", {
           type: "button",
           class: `mark mark-${mark.kind}`,
-          style: `left: ${left.toFixed(2)}%`,
           "aria-label": `${mark.label} at ${clock(mark.time)}: ask about this moment`,
           title: `${mark.label} at ${clock(mark.time)}`,
           onclick: () => this._askAbout(card.name, mark.time),
-        }),
-      );
+        });
+        button.dataset.time = String(mark.time);
+        card.markButtons.set(key, button);
+        // In time order, so that Tab walks the timeline from old to new.
+        const later = [...card.marks.children].find((b) => Number(b.dataset.time) > mark.time);
+        card.marks.insertBefore(button, later ?? null);
+      }
+      button.style.left = `${(((mark.time - start) / span) * 100).toFixed(2)}%`;
     }
-    card.marks.replaceChildren(...buttons);
+    for (const [key, button] of card.markButtons) {
+      if (!shown.has(key)) {
+        button.remove();
+        card.markButtons.delete(key);
+      }
+    }
+  }
+
+  _onTrackKey(name, event) {
+    const card = this.cards.get(name);
+    if (card?.window === undefined) return;
+    const [start, end] = card.window;
+    const step = Math.max(1000, (end - start) / 50);
+    const at = card.at ?? end;
+    const moves = {
+      ArrowLeft: at - step,
+      ArrowDown: at - step,
+      ArrowRight: at + step,
+      ArrowUp: at + step,
+      PageDown: at - step * 10,
+      PageUp: at + step * 10,
+      Home: start,
+      End: end,
+    };
+    if (event.key in moves) {
+      event.preventDefault();
+      const next = Math.min(end, Math.max(start, moves[event.key]));
+      card.at = next >= end ? undefined : next; // at the end, the cursor follows live
+      this._drawTimeline(card);
+    } else if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      this._askAbout(name, at);
+    }
   }
 
   _askAbout(camera, time) {

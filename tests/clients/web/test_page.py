@@ -189,7 +189,20 @@ def test_the_keyboard_alone_logs_in_asks_and_opens_evidence(
     page.keyboard.press("Enter")
     expect(page.locator(f'.camera[data-camera="{LIVE_CAMERA}"]')).to_be_visible()
     expect(page.locator("#question")).to_be_focused()  # where the login form was
-    page.keyboard.press("Shift+Tab")
+    # The camera's timeline is a slider: move back from live, Enter asks about that moment.
+    tab_to(page, None, selector=f'.camera[data-camera="{LIVE_CAMERA}"] .track', key="Shift+Tab")
+    page.wait_for_function(
+        f"document.querySelector('.camera[data-camera=\"{LIVE_CAMERA}\"] .track')"
+        ".getAttribute('aria-valuetext') !== 'no memory yet'"
+    )
+    page.keyboard.press("End")
+    for _ in range(3):
+        page.keyboard.press("ArrowLeft")
+    moment = page.get_attribute(f'.camera[data-camera="{LIVE_CAMERA}"] .track', "aria-valuetext")
+    page.keyboard.press("Enter")
+    asked = page.locator(".entry").first
+    expect(asked.locator(".question")).to_have_text(f"Q: What happened around {moment}?")
+    expect(asked).not_to_have_attribute("data-outcome", "streaming", timeout=60_000)
     tab_to(page, "question")
     page.keyboard.type("What moved?")
     page.keyboard.press("Control+Enter")
@@ -204,12 +217,16 @@ def test_the_keyboard_alone_logs_in_asks_and_opens_evidence(
     assert recorder.problems() == []
     # The session's history survives a reload of the tab (and the token logs in again).
     page.reload()
-    expect(page.locator(".entry .question")).to_contain_text("What moved?")
+    expect(page.locator(".entry")).to_have_count(2)
+    expect(page.locator(".entry .question", has_text="What moved?")).to_be_visible()
     expect(page.locator("#login")).to_be_hidden()
 
 
-def tab_to(page: Page, element_id: str | None, *, selector: str = "", limit: int = 80) -> None:
-    """Press Tab until the focus is on ``#element_id`` (or an element matching ``selector``)."""
+def tab_to(
+    page: Page, element_id: str | None, *, selector: str = "", key: str = "Tab", limit: int = 80
+) -> None:
+    """Press Tab (or ``key``) until the focus is on ``#element_id`` (or on an element matching
+    ``selector``)."""
     test = (
         f"document.activeElement && document.activeElement.id === {element_id!r}"
         if element_id is not None
@@ -218,7 +235,7 @@ def tab_to(page: Page, element_id: str | None, *, selector: str = "", limit: int
     for _ in range(limit):
         if page.evaluate(test):
             return
-        page.keyboard.press("Tab")
+        page.keyboard.press(key)
     raise AssertionError(f"Tab never reached {element_id or selector}")
 
 

@@ -80,17 +80,14 @@ export class AskPanel {
     this.e.question.focus();
   }
 
-  /** Ask about a moment (from the timeline): fill the form, then send. */
+  /** Ask about a moment (from the timeline) as given, leaving the form as the person set it. */
   askAbout({ camera, question, since, until }) {
-    this.e.camera.value = camera;
-    this.e.question.value = question;
-    this.e.form.elements.range.value = "between";
-    this.e.from.value = localInputValue(new Date(since));
-    this.e.to.value = localInputValue(new Date(until));
-    this.submit({ since, until });
+    this._say("");
+    this._send({ type: "ask", id: this._nextId(), question, camera, since, until });
   }
 
-  submit(exact = null) {
+  /** Send the question of the form. */
+  submit() {
     this._say("");
     const question = this.e.question.value.trim();
     if (!question) {
@@ -103,27 +100,14 @@ export class AskPanel {
     if (camera) message.camera = camera;
     let range;
     try {
-      range = exact ?? this._range();
+      range = this._range();
     } catch (error) {
       this._say(error.message);
       return;
     }
     if (range.since) message.since = range.since;
     if (range.until) message.until = range.until;
-    if (!this.connection.send(message)) {
-      this._say("Not connected to the daemon; ask again once it is back.");
-      return;
-    }
-    const entry = new Entry(message, this.images, {
-      onCancel: (id) => this.cancel(id),
-      onView: this.e.onView,
-    });
-    this.entries.set(message.id, entry);
-    this.order.push(entry);
-    this.e.history.prepend(entry.node);
-    this.e.empty.hidden = true;
-    this.e.question.value = "";
-    this._sync();
+    if (this._send(message)) this.e.question.value = "";
   }
 
   cancel(id) {
@@ -136,6 +120,23 @@ export class AskPanel {
   }
 
   // --- internals --------------------------------------------------------------------------
+
+  _send(message) {
+    if (!this.connection.send(message)) {
+      this._say("Not connected to the daemon; ask again once it is back.");
+      return false;
+    }
+    const entry = new Entry(message, this.images, {
+      onCancel: (id) => this.cancel(id),
+      onView: this.e.onView,
+    });
+    this.entries.set(message.id, entry);
+    this.order.push(entry);
+    this.e.history.prepend(entry.node);
+    this.e.empty.hidden = true;
+    this._sync();
+    return true;
+  }
 
   _range() {
     const kind = this.e.form.elements.range.value;
@@ -396,13 +397,4 @@ function timeOrDuration(text) {
   if (match) return `${duration(Number(match[1]))} ago`;
   const time = Date.parse(text);
   return Number.isNaN(time) ? text : clock(time);
-}
-
-/** The value a datetime-local input takes for a Date, in local time. */
-function localInputValue(date) {
-  const pad = (n) => String(n).padStart(2, "0");
-  return (
-    `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}` +
-    `T${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`
-  );
 }

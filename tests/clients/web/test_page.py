@@ -107,6 +107,7 @@ def test_a_thumbnail_opens_large_and_the_timeline_asks_about_a_moment(
     newest = page.locator(".entry").first
     expect(newest.locator(".question")).to_contain_text("What happened around")
     expect(newest.locator(".meta")).to_contain_text(f"camera {LIVE_CAMERA}")
+    expect(page.locator("#range-any")).to_be_checked()  # the form stays as the person set it
     expect(newest).not_to_have_attribute("data-outcome", "streaming", timeout=60_000)
     assert newest.get_attribute("data-outcome") in ("stop", "length")
     assert recorder.problems() == []

@@ -328,7 +328,8 @@ def _build(kind: str, obj: Mapping[str, object]) -> ClientMessage:
 
 @dataclass(frozen=True, slots=True)
 class CameraInfo:
-    """A camera as clients see it: its name, state and (in ``status``) memory size."""
+    """A camera as clients see it: its name, state and (in ``status``) memory size, the span of
+    time the memory covers, the compression in effect and how far behind live the engine is."""
 
     name: str
     state: str
@@ -338,6 +339,11 @@ class CameraInfo:
     memory_blocks: int | None = None
     memory_ram_bytes: int | None = None
     memory_disk_bytes: int | None = None
+    memory_start_time: str | None = None
+    memory_end_time: str | None = None
+    cacher_reuse_share: float | None = None
+    pruner_kept_share: float | None = None
+    lag_s: float | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -350,12 +356,20 @@ class CameraInfo:
                 "blocks": self.memory_blocks,
                 "ram_bytes": self.memory_ram_bytes,
                 "disk_bytes": self.memory_disk_bytes,
+                "start_time": self.memory_start_time,
+                "end_time": self.memory_end_time,
             },
+            "compression": {
+                "cacher_reuse_share": self.cacher_reuse_share,
+                "pruner_kept_share": self.pruner_kept_share,
+            },
+            "lag_s": self.lag_s,
         }
 
     @classmethod
     def from_wire(cls, obj: Mapping[str, Any]) -> CameraInfo:
         memory = obj.get("memory") or {}
+        compression = obj.get("compression") or {}
         return cls(
             name=str(obj["name"]),
             state=str(obj["state"]),
@@ -365,6 +379,11 @@ class CameraInfo:
             memory_blocks=memory.get("blocks"),
             memory_ram_bytes=memory.get("ram_bytes"),
             memory_disk_bytes=memory.get("disk_bytes"),
+            memory_start_time=memory.get("start_time"),
+            memory_end_time=memory.get("end_time"),
+            cacher_reuse_share=compression.get("cacher_reuse_share"),
+            pruner_kept_share=compression.get("pruner_kept_share"),
+            lag_s=obj.get("lag_s"),
         )
 
 

@@ -141,6 +141,7 @@ class CameraMemory:
     ram_bytes: int = 0
     disk_bytes: int = 0
     frames_encoded: int = 0
+    oldest_wall: float | None = None
     last_pts: float | None = None
     last_wall: float | None = None
     cacher_reuse_share: float | None = None

@@ -189,6 +189,7 @@ class ModelWorker:
                     ram_bytes=stream.ram_bytes,
                     disk_bytes=stream.disk_bytes,
                     frames_encoded=stream.frames_encoded,
+                    oldest_wall=stream.oldest_wall,
                     last_pts=stream.last_pts,
                     last_wall=stream.last_wall,
                     cacher_reuse_share=None if stats is None else stats.cacher_reuse_share,

@@ -432,6 +432,11 @@ class Session:
                     memory_blocks=None if memory is None else memory.blocks,
                     memory_ram_bytes=None if memory is None else memory.ram_bytes,
                     memory_disk_bytes=None if memory is None else memory.disk_bytes,
+                    memory_start_time=_wall(memory.oldest_wall if memory else None),
+                    memory_end_time=_wall(memory.last_wall if memory else None),
+                    cacher_reuse_share=None if memory is None else memory.cacher_reuse_share,
+                    pruner_kept_share=None if memory is None else memory.pruner_kept_share,
+                    lag_s=None if status is None else status.frame_lag_s.get(view.name),
                 )
             )
         return tuple(infos)
@@ -464,6 +469,10 @@ class Session:
             score=moment.score,
             frame_url=url,
         )
+
+
+def _wall(seconds: float | None) -> str | None:
+    return None if seconds is None else format_wall_time(seconds)
 
 
 def _type_of(message: ClientMessage) -> str:

@@ -200,3 +200,37 @@ def test_unexpected_server_messages_raise_value_error() -> None:
     # a newer server's message type is recognisable, so that clients can skip it
     with pytest.raises(UnknownMessageType):
         parse_server_message('{"type":"alert","rule":"person"}')
+
+
+_shares = st.one_of(st.none(), st.floats(0.0, 1.0))
+
+
+@given(
+    start=st.one_of(st.none(), st.floats(0.0, 4e9)),
+    span=st.floats(0.0, 1e6),
+    reuse=_shares,
+    kept=_shares,
+    lag=st.one_of(st.none(), st.floats(0.0, 1e5)),
+)
+def test_status_cameras_carry_span_compression_and_lag(
+    start: float | None, span: float, reuse: float | None, kept: float | None, lag: float | None
+) -> None:
+    camera = CameraInfo(
+        "dock",
+        "online",
+        memory_blocks=None if start is None else 3,
+        memory_start_time=None if start is None else format_wall_time(start),
+        memory_end_time=None if start is None else format_wall_time(start + span),
+        cacher_reuse_share=reuse,
+        pruner_kept_share=kept,
+        lag_s=lag,
+    )
+    reply = StatusReply("s", "m", True, "", (camera,), 0, 0)
+    assert parse_server_message(encode(reply)) == reply
+    wire = json.loads(encode(reply))["cameras"][0]
+    assert set(wire["memory"]) == {"blocks", "ram_bytes", "disk_bytes", "start_time", "end_time"}
+    assert wire["compression"] == {"cacher_reuse_share": reuse, "pruner_kept_share": kept}
+    assert wire["lag_s"] == lag
+    if start is not None:
+        memory = wire["memory"]
+        assert parse_wall_time(memory["start_time"]) <= parse_wall_time(memory["end_time"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stream_agent.e2e.daemon import SHARED_CLIP, write_clip
+from tests.support.daemon import SHARED_CLIP, write_clip
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.sync.client import connect as sync_connect
 
-from tests.stream_agent.e2e.daemon import (
+from tests.support.daemon import (
     TOKEN,
     DaemonProcess,
     aget,

@@ -7,7 +7,7 @@ import signal
 import socket
 from pathlib import Path
 
-from tests.stream_agent.e2e.daemon import (
+from tests.support.daemon import (
     DaemonProcess,
     camera_status,
     client,

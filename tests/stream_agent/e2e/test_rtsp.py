@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stream_agent.e2e.daemon import (
+from tests.support.daemon import (
     TOKEN,
     DaemonProcess,
     aget,

@@ -127,6 +127,7 @@ class FakeWorker:
                 ram_bytes=1000 * len(frames),
                 disk_bytes=0,
                 frames_encoded=len(frames),
+                oldest_wall=frames[0][1] if frames else None,
                 last_pts=frames[-1][0] if frames else None,
                 last_wall=frames[-1][1] if frames else None,
                 pruner_kept_share=0.25,

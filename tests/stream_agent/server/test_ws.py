@@ -151,7 +151,12 @@ async def test_status_reports_cameras_memory_and_queues() -> None:
         assert status["ready"] is True and status["model"] == MODEL_NAME
         cams = {c["name"]: c for c in status["cameras"]}
         assert cams["dock"]["state"] == "online"
-        assert cams["dock"]["memory"] == {"blocks": 3, "ram_bytes": 3000, "disk_bytes": 0}
+        memory = cams["dock"]["memory"]
+        assert (memory["blocks"], memory["ram_bytes"], memory["disk_bytes"]) == (3, 3000, 0)
+        assert memory["start_time"] is not None and memory["end_time"] is not None
+        assert parse_wall_time(memory["start_time"]) <= parse_wall_time(memory["end_time"])
+        assert cams["dock"]["compression"]["pruner_kept_share"] == 0.25
+        assert cams["dock"]["lag_s"] is None or cams["dock"]["lag_s"] >= 0.0
         assert cams["dock"]["last_frame_time"] is not None
         assert cams["door"]["state"] == "offline"
         assert cams["door"]["reason"] == "connection refused"

@@ -33,7 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from tests.support.ws import recv, send
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 SHARED_CLIP = ROOT.parent / "shared" / "data" / "one-by-one-person-detection.mp4"
 TOKEN = "e2e-test-token-5f2c"
 TOKEN_ENV = "STREAM_AGENT_E2E_TOKEN"

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from stream_agent.cameras import CameraBoard
 from stream_agent.config import DaemonConfig, ModelConfig, Secrets
 from stream_agent.engine import Engine
 from stream_agent.errors import ModelError
@@ -39,7 +40,7 @@ from stream_agent.models import ModelNotFoundError, VideoLLM, load_model
 from stream_agent.pipeline.errors import ModelUnavailableError
 from stream_agent.pipeline.feed import CameraFeed
 from stream_agent.pipeline.worker import ModelLoader, ModelWorker
-from stream_agent.server import CameraBoard, StreamAgentServer, default_web_root
+from stream_agent.server import StreamAgentServer, default_web_root
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A :class:`CameraFeed` opens its source with ingest (a decode thread of its own, sampling to the
 camera's rate; files are replayed in real time, as if live), offers each frame to the
-:class:`~stream_agent.server.CameraBoard` (newest frame, evidence JPEGs) and submits it to the
+:class:`~stream_agent.cameras.CameraBoard` (newest frame, evidence JPEGs) and submits it to the
 engine tagged with its source session. Ingest's state changes go to the board and to one log
 line each. Nothing that happens to one camera reaches another: every failure of the source ends
 in a state with a reason, never in an exception out of :meth:`CameraFeed.run`.
@@ -24,10 +24,10 @@ from ingest import (
     open_source,
     redact_url,
 )
+from stream_agent.cameras import CameraBoard
 from stream_agent.config import CameraConfig
 from stream_agent.engine import Engine
 from stream_agent.pipeline.frames import CameraFrame
-from stream_agent.server import CameraBoard
 
 log = logging.getLogger(__name__)
 

@@ -174,7 +174,7 @@ async def test_evidence_frames_are_found_by_wall_time() -> None:
 
 
 async def test_kept_evidence_frames_stay_within_their_byte_budget() -> None:
-    from stream_agent.server import CameraBoard
+    from stream_agent.cameras import CameraBoard
 
     async with running_server() as h:
         board = CameraBoard(["dock"], evidence_bytes=3000, metrics=h.metrics)

@@ -72,6 +72,7 @@ class DecodeWorker:
         self._sampler = FrameSampler(options.fps)
         self._clock: PtsClock | None = None
         self._seq = 0
+        self._session = 0  # stamped on each frame: the number of the current connection
         self._pace_anchor: tuple[float, float] | None = None  # (monotonic, pts)
         self._stall_counted = False  # this session's stall is already reported
         self._session_online = False  # this session has delivered a frame
@@ -143,6 +144,7 @@ class DecodeWorker:
                 continue
             if opened_before:
                 self._counters.reconnects += 1
+            self._session = self._counters.reconnects
             opened_before = True
             self._first_open(None)
             live = session.info.live
@@ -252,7 +254,9 @@ class DecodeWorker:
                     if due > 0 and stop.wait(due):
                         return _Outcome.STOPPED, "stopped"
                 image = session.to_rgb(handle)
-                frame = Frame(self.spec.source_id, self._seq, pts, time.time(), image)
+                frame = Frame(
+                    self.spec.source_id, self._seq, pts, time.time(), image, self._session
+                )
                 self._seq += 1
                 counters.last_frame_wall_time = frame.wall_time
                 if not handoff.put(frame):

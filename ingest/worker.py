@@ -14,11 +14,12 @@ from ingest.backoff import Backoff
 from ingest.counters import WorkerCounters
 from ingest.errors import IngestError, SourceStalledError, SourceUnreachableError
 from ingest.handoff import FrameHandoff
+from ingest.opening import open_session
 from ingest.options import IngestOptions
 from ingest.records import Frame, SourceState, StreamInfo
 from ingest.redact import Redactor
 from ingest.sampler import FrameSampler
-from ingest.session import DecodeSession, Gap, ReadTimeout, Resumed, StreamLost, open_session
+from ingest.session import DecodeSession, Gap, ReadTimeout, Resumed, StreamLost
 from ingest.spec import SourceSpec
 from ingest.state import StateTracker
 from ingest.timeline import PtsClock

@@ -39,8 +39,9 @@ from pydantic import (
     model_validator,
 )
 
+from ingest.redact import redact_url
+from stream_agent.durations import check_seconds, parse_duration
 from stream_agent.errors import ConfigError
-from stream_agent.protocol import parse_duration
 
 DEFAULT_MODEL_ID = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
 DEFAULT_PORT = 8765
@@ -56,6 +57,8 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def _duration(value: object) -> object:
     if isinstance(value, str):
         return parse_duration(value)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return check_seconds(value)
     return value
 
 
@@ -368,24 +371,6 @@ def resolve_secrets(config: DaemonConfig, environ: Mapping[str, str]) -> Secrets
         if cam.password_env is not None or cam.password_file is not None
     }
     return Secrets(token=token, camera_passwords=passwords)
-
-
-# ---------------------------------------------------------------------------------------------
-# Redaction
-# ---------------------------------------------------------------------------------------------
-
-
-def redact_url(url: str) -> str:
-    """``rtsp://user:secret@host/x`` -> ``rtsp://user:***@host/x``; other text unchanged."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url
-    if "@" not in parts.netloc:
-        return url
-    userinfo, _, host = parts.netloc.rpartition("@")
-    user = userinfo.split(":", 1)[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 # ---------------------------------------------------------------------------------------------

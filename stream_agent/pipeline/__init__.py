@@ -6,10 +6,11 @@ frames (each stamped with its source session by ingest) to the engine and the ca
 :mod:`stream_agent.pipeline.stages` is the one module that calls the stage packages.
 """
 
+from stream_agent.models.loading import ModelLoader
 from stream_agent.pipeline.errors import ModelUnavailableError, NothingSeenError, PipelineError
 from stream_agent.pipeline.feed import CameraFeed
 from stream_agent.pipeline.stages import ChainSettings, ChainStats, VisionChain
-from stream_agent.pipeline.worker import ModelLoader, ModelWorker
+from stream_agent.pipeline.worker import ModelWorker
 
 __all__ = [
     "CameraFeed",

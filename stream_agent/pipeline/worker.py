@@ -19,7 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from stream_agent.config import DaemonConfig
 from stream_agent.engine.records import (
@@ -31,6 +31,7 @@ from stream_agent.engine.records import (
 )
 from stream_agent.memory import Memory, MemoryOptions
 from stream_agent.models.base import VideoLLM
+from stream_agent.models.loading import ModelLoader
 from stream_agent.models.records import DecodeOptions
 from stream_agent.pipeline.errors import NothingSeenError
 from stream_agent.pipeline.stages import (
@@ -45,8 +46,6 @@ from stream_agent.pipeline.stages import (
 )
 
 log = logging.getLogger(__name__)
-
-ModelLoader = Callable[[], VideoLLM]
 
 
 class _Camera:

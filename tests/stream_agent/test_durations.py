@@ -69,3 +69,12 @@ def test_parts_add_up(parts: list[tuple[int, str]]) -> None:
     else:
         with pytest.raises(DurationTooLongError):
             parse_duration(text)
+
+
+def test_the_protocol_refuses_a_too_long_since_as_a_bad_request() -> None:
+    from stream_agent.protocol import Invalid, parse_client_message
+
+    raw = '{"type": "ask", "id": "q", "question": "who?", "since": "1000000000000d"}'
+    result = parse_client_message(raw)
+    assert isinstance(result, Invalid) and result.code == "bad_request"
+    assert "too long a duration" in result.message

@@ -50,12 +50,12 @@ from typing import Any
 import torch
 
 from ingest import IngestOptions, probe_source_sync
+from stream_agent.cameras import CameraBoard
 from stream_agent.config import DaemonConfig
 from stream_agent.engine import Engine, Final, Question, question_received_now
 from stream_agent.models import DecodeOptions, VideoLLM
 from stream_agent.models.testing import build_test_adapter
 from stream_agent.pipeline import CameraFeed, ModelWorker
-from stream_agent.server import CameraBoard
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "daemon.json"

@@ -18,6 +18,12 @@ class Frame:
     session, continued across reconnects so that it never goes backwards). ``wall_time`` is the
     Unix time at which the frame was captured (decoded) on this machine. ``image`` is an RGB
     ``uint8`` array of shape (height, width, 3), never written to after creation.
+
+    ``session`` numbers the connection (or, for a looped file, the pass) the frame was decoded
+    in: 0 for the first, counting up with each reconnect. The decode thread stamps it, so a frame
+    decoded before a reconnect keeps the old number even when it is taken from the hand-off after
+    the reconnect; a consumer that keeps state across frames (a reference frame) starts over when
+    it changes.
     """
 
     source_id: str
@@ -25,6 +31,7 @@ class Frame:
     pts: float
     wall_time: float
     image: npt.NDArray[np.uint8] = field(repr=False)
+    session: int = 0
 
     @property
     def height(self) -> int:

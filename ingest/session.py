@@ -1,9 +1,13 @@
-"""One connection to a source, as the decode thread sees it, and how to open one.
+"""One connection to a source, as the decode thread sees it: the types every decoder shares.
 
 A session is opened, iterated and closed by the same thread (PyAV crashes if a container is closed
 while another thread is inside it). It ends in one of four ways: the iterator finishes (end of
 file or of the live stream), :class:`ReadTimeout` (no data within the read timeout: a stall),
 :class:`StreamLost` (the connection broke), or an :class:`~ingest.errors.IngestError`.
+
+The backends (:mod:`ingest.pyav_backend`, :mod:`ingest.opencv_backend`) implement
+:class:`DecodeSession`; :mod:`ingest.opening` picks one and opens it. This module imports neither,
+so that no import circle runs through it.
 """
 
 from __future__ import annotations
@@ -17,10 +21,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ingest.counters import WorkerCounters
-from ingest.options import Decoder, IngestOptions
+from ingest.options import IngestOptions
 from ingest.records import StreamInfo
-from ingest.spec import SourceKind, SourceSpec
+from ingest.spec import SourceSpec
 
 RGBImage = npt.NDArray[np.uint8]
 # (timestamp in seconds or None, decoder-specific handle for to_rgb)
@@ -108,25 +111,3 @@ def pyav_device_format() -> str | None:
         "linux" if sys.platform.startswith("linux") else sys.platform
     )
     return wanted if wanted is not None and wanted in av.formats_available else None
-
-
-def choose_decoder(spec: SourceSpec, options: IngestOptions) -> Decoder:
-    """PyAV, except where PyAV cannot reach the source (a webcam without a device input)."""
-    if options.decoder is not Decoder.AUTO:
-        return options.decoder
-    if spec.kind is SourceKind.WEBCAM and pyav_device_format() is None:
-        return Decoder.OPENCV
-    return Decoder.PYAV
-
-
-def open_session(
-    spec: SourceSpec, options: IngestOptions, counters: WorkerCounters
-) -> DecodeSession:
-    """Open ``spec`` with the right decoder; raises a typed ``IngestError`` on failure."""
-    if choose_decoder(spec, options) is Decoder.OPENCV:
-        from ingest.opencv_backend import OpenCVSession
-
-        return OpenCVSession(spec, options, counters)
-    from ingest.pyav_backend import PyAVSession
-
-    return PyAVSession(spec, options, counters)

@@ -17,10 +17,11 @@ from ingest.errors import (
     SourceUnreachableError,
 )
 from ingest.handoff import FrameHandoff, HandoffClosed
+from ingest.opening import open_session
 from ingest.options import IngestOptions
 from ingest.records import Frame, IngestCounters, SourceState, StateChange, StreamInfo
 from ingest.redact import Redactor
-from ingest.session import ReadTimeout, StreamLost, open_session
+from ingest.session import ReadTimeout, StreamLost
 from ingest.spec import SourceSpec
 from ingest.state import StateListener, StateTracker
 from ingest.worker import DecodeWorker

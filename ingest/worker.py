@@ -14,11 +14,12 @@ from ingest.backoff import Backoff
 from ingest.counters import WorkerCounters
 from ingest.errors import IngestError, SourceStalledError, SourceUnreachableError
 from ingest.handoff import FrameHandoff
+from ingest.opening import open_session
 from ingest.options import IngestOptions
 from ingest.records import Frame, SourceState, StreamInfo
 from ingest.redact import Redactor
 from ingest.sampler import FrameSampler
-from ingest.session import DecodeSession, Gap, ReadTimeout, Resumed, StreamLost, open_session
+from ingest.session import DecodeSession, Gap, ReadTimeout, Resumed, StreamLost
 from ingest.spec import SourceSpec
 from ingest.state import StateTracker
 from ingest.timeline import PtsClock
@@ -72,6 +73,7 @@ class DecodeWorker:
         self._sampler = FrameSampler(options.fps)
         self._clock: PtsClock | None = None
         self._seq = 0
+        self._session = 0  # stamped on each frame: the number of the current connection
         self._pace_anchor: tuple[float, float] | None = None  # (monotonic, pts)
         self._stall_counted = False  # this session's stall is already reported
         self._session_online = False  # this session has delivered a frame
@@ -143,6 +145,7 @@ class DecodeWorker:
                 continue
             if opened_before:
                 self._counters.reconnects += 1
+            self._session = self._counters.reconnects
             opened_before = True
             self._first_open(None)
             live = session.info.live
@@ -252,7 +255,9 @@ class DecodeWorker:
                     if due > 0 and stop.wait(due):
                         return _Outcome.STOPPED, "stopped"
                 image = session.to_rgb(handle)
-                frame = Frame(self.spec.source_id, self._seq, pts, time.time(), image)
+                frame = Frame(
+                    self.spec.source_id, self._seq, pts, time.time(), image, self._session
+                )
                 self._seq += 1
                 counters.last_frame_wall_time = frame.wall_time
                 if not handoff.put(frame):

@@ -29,56 +29,21 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-
-from stream_agent.config import DaemonConfig, ModelConfig, Secrets
+from stream_agent.cameras import CameraBoard
+from stream_agent.config import DaemonConfig, Secrets
 from stream_agent.engine import Engine
 from stream_agent.errors import ModelError
 from stream_agent.metrics import DaemonMetrics, Registry
-from stream_agent.models import ModelNotFoundError, VideoLLM, load_model
-from stream_agent.pipeline.errors import ModelUnavailableError
+from stream_agent.models.loading import ModelLoader, model_loader
 from stream_agent.pipeline.feed import CameraFeed
-from stream_agent.pipeline.worker import ModelLoader, ModelWorker
-from stream_agent.server import CameraBoard, StreamAgentServer, default_web_root
+from stream_agent.pipeline.worker import ModelWorker
+from stream_agent.server import StreamAgentServer, default_web_root
 
 log = logging.getLogger(__name__)
 
 COUNTERS_INTERVAL_S = 1.0
 FEED_STOP_WAIT_S = 5.0
 ENGINE_FINAL_WAIT_S = 120.0
-
-
-def model_device(config: ModelConfig) -> str:
-    """``auto`` -> ``cuda`` where a GPU is present, ``mps`` on Apple silicon, else ``cpu``."""
-    if config.device != "auto":
-        return config.device
-    if torch.cuda.is_available():
-        return "cuda"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def model_loader(config: ModelConfig) -> ModelLoader:
-    """The loader of the configured model; its errors tell how to point at a local folder."""
-
-    def load() -> VideoLLM:
-        dtype = None if config.dtype == "auto" else config.dtype
-        try:
-            return load_model(config.source, device=model_device(config), dtype=dtype)
-        except ModelNotFoundError as exc:
-            if config.path is not None:
-                raise
-            raise ModelUnavailableError(
-                f"{exc}. No model hub is reachable from here, or the model is not in the local "
-                "Hugging Face cache: pass a local model folder with --model DIR (or model.path in "
-                "the config file); for an offline demo whose answers are noise, build a tiny test "
-                "model with `stream-agent make-test-model --family llava_onevision "
-                "/tmp/tiny-llava` and serve it with --model /tmp/tiny-llava"
-            ) from exc
-
-    return load
 
 
 class Daemon:

@@ -1,27 +1,36 @@
-"""A small metrics registry rendered in the Prometheus text exposition format (0.0.4).
+"""The daemon's metrics, on ``prometheus_client`` with a registry of its own (never the global one).
 
-There is no global registry: the daemon builds one :class:`Registry`, hands it (or the
-:class:`DaemonMetrics` built on it) to each part explicitly, and the HTTP server renders it on
-``/metrics``. Counters, gauges and histograms carry fixed label names (usually ``camera``) and are
-safe to update from any thread. Values that are cheaper to read at scrape time than to push
-(queue depths, memory sizes) come from collectors: callables run just before each render.
+The daemon builds one :class:`Registry`, hands it (or the :class:`DaemonMetrics` built on it) to
+each part explicitly, and the HTTP server renders it on ``/metrics`` in the format the scraper
+asks for (:meth:`Registry.exposition`). Two kinds of metric live in it:
+
+* pushed: counters, gauges and histograms the engine and the server update as things happen
+  (``prometheus_client``'s own classes, behind :class:`Counter`, :class:`Gauge` and
+  :class:`Histogram`, which take the label values as keywords and are safe from any thread);
+* scraped: values cheaper to read at scrape time than to push (camera states, queue depths,
+  memory sizes, counters kept by ingest). They are custom collectors (:class:`ScrapedGauge`,
+  :class:`ScrapedCounter`) filled by refresh callables the parts register with
+  :meth:`Registry.add_collector`; every scrape runs those first.
+
+Metric names and labels are part of the docs (``docs/metrics.md``).
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import re
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Final
 
+from prometheus_client import CollectorRegistry
+from prometheus_client import Counter as _Counter
+from prometheus_client import Gauge as _Gauge
+from prometheus_client import Histogram as _Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
 log = logging.getLogger(__name__)
-
-CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
-
-_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 DEFAULT_SECONDS_BUCKETS: Final = (
     0.01,
@@ -42,44 +51,116 @@ RATE_BUCKETS: Final = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0)
 LabelValues = tuple[str, ...]
 
 
-def format_value(value: float) -> str:
-    """A sample value as Prometheus writes it (``+Inf``, ``NaN``, integers without ``.0``)."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == int(value) and abs(value) < 2**53:
-        return str(int(value))
-    return repr(float(value))
+def _sample_value(
+    metric: _Counter | _Gauge | _Histogram, sample_name: str, labels: dict[str, str]
+) -> float | None:
+    """The value of one sample of ``metric`` as a scrape would show it (None if absent)."""
+    wanted = {k: str(v) for k, v in labels.items()}
+    for family in metric.collect():
+        for sample in family.samples:
+            if sample.name == sample_name and sample.labels == wanted:
+                return float(sample.value)
+    return None
 
 
-def _escape_label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class _Pushed:
+    """A ``prometheus_client`` metric that takes its label values as keyword arguments."""
+
+    def __init__(
+        self, metric: _Counter | _Gauge | _Histogram, name: str, labels: Sequence[str]
+    ) -> None:
+        self._metric = metric
+        self.name = name
+        self.label_names = tuple(labels)
+
+    def _child(self, labels: dict[str, str]) -> _Counter | _Gauge | _Histogram:
+        if set(labels) != set(self.label_names):
+            raise ValueError(
+                f"{self.name} takes labels {list(self.label_names)}, got {sorted(labels)}"
+            )
+        if not self.label_names:
+            return self._metric
+        return self._metric.labels(**{k: str(v) for k, v in labels.items()})
 
 
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+class Counter(_Pushed):
+    """A value that only goes up; exposed as ``<name>_total`` (and the library's ``_created``)."""
+
+    def __init__(
+        self, registry: CollectorRegistry, name: str, help_text: str, labels: Sequence[str] = ()
+    ) -> None:
+        if not name.endswith("_total"):
+            raise ValueError(f"counter {name!r}: counter names end in _total")
+        super().__init__(_Counter(name, help_text, labels, registry=registry), name, labels)
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        child = self._child(labels)
+        assert isinstance(child, _Counter)
+        child.inc(amount)
+
+    def value(self, **labels: str) -> float:
+        self._child(labels)  # checks the label names
+        return _sample_value(self._metric, self.name, labels) or 0.0
 
 
-def _labels_text(names: Sequence[str], values: Sequence[str], extra: str = "") -> str:
-    parts = [f'{n}="{_escape_label(v)}"' for n, v in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+class Gauge(_Pushed):
+    """A value that goes up and down, set as things happen."""
+
+    def __init__(
+        self, registry: CollectorRegistry, name: str, help_text: str, labels: Sequence[str] = ()
+    ) -> None:
+        super().__init__(_Gauge(name, help_text, labels, registry=registry), name, labels)
+
+    def set(self, value: float, **labels: str) -> None:
+        child = self._child(labels)
+        assert isinstance(child, _Gauge)
+        child.set(value)
+
+    def inc(self, amount: float = 1.0, **labels: str) -> None:
+        child = self._child(labels)
+        assert isinstance(child, _Gauge)
+        child.inc(amount)
+
+    def dec(self, amount: float = 1.0, **labels: str) -> None:
+        self.inc(-amount, **labels)
+
+    def value(self, **labels: str) -> float | None:
+        self._child(labels)
+        return _sample_value(self._metric, self.name, labels)
 
 
-class _Metric:
-    kind = "untyped"
+class Histogram(_Pushed):
+    """Observations counted into cumulative buckets, with ``_sum`` and ``_count``."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        name: str,
+        help_text: str,
+        labels: Sequence[str] = (),
+        buckets: Sequence[float] = DEFAULT_SECONDS_BUCKETS,
+    ) -> None:
+        metric = _Histogram(name, help_text, labels, registry=registry, buckets=tuple(buckets))
+        super().__init__(metric, name, labels)
+
+    def observe(self, value: float, **labels: str) -> None:
+        child = self._child(labels)
+        assert isinstance(child, _Histogram)
+        child.observe(value)
+
+    def count(self, **labels: str) -> int:
+        self._child(labels)
+        return int(_sample_value(self._metric, f"{self.name}_count", labels) or 0)
+
+
+class _Scraped(Collector):
+    """A family whose samples are set at scrape time by the parts' refresh callables."""
 
     def __init__(self, name: str, help_text: str, labels: Sequence[str]) -> None:
-        if not _NAME.match(name):
-            raise ValueError(f"invalid metric name {name!r}")
-        for label in labels:
-            if not _LABEL.match(label) or label.startswith("__") or label == "le":
-                raise ValueError(f"invalid label name {label!r} for {name}")
         self.name = name
         self.help = help_text
         self.label_names = tuple(labels)
+        self._values: dict[LabelValues, float] = {}
         self._lock = threading.Lock()
 
     def _key(self, labels: dict[str, str]) -> LabelValues:
@@ -89,156 +170,103 @@ class _Metric:
             )
         return tuple(str(labels[n]) for n in self.label_names)
 
-    def _samples(self) -> Iterable[str]:
-        raise NotImplementedError
-
-    def render(self) -> str:
-        lines = [f"# HELP {self.name} {_escape_help(self.help)}", f"# TYPE {self.name} {self.kind}"]
-        lines.extend(self._samples())
-        return "\n".join(lines) + "\n"
-
-
-class Counter(_Metric):
-    """A value that only goes up (``*_total``)."""
-
-    kind = "counter"
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labels)
-        self._values: dict[LabelValues, float] = {}
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        if amount < 0:
-            raise ValueError(f"{self.name}: a counter cannot decrease (got {amount})")
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def mirror(self, value: float, **labels: str) -> None:
-        """Copy a counter kept elsewhere (e.g. by an ingest source) into this one."""
+    def _put(self, value: float, labels: dict[str, str]) -> None:
         key = self._key(labels)
         with self._lock:
             self._values[key] = float(value)
-
-    def value(self, **labels: str) -> float:
-        with self._lock:
-            return self._values.get(self._key(labels), 0.0)
-
-    def _samples(self) -> Iterable[str]:
-        with self._lock:
-            items = sorted(self._values.items())
-        for key, value in items:
-            yield f"{self.name}{_labels_text(self.label_names, key)} {format_value(value)}"
-
-
-class Gauge(_Metric):
-    """A value that goes up and down; ``clear()`` forgets label sets that no longer exist."""
-
-    kind = "gauge"
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str] = ()) -> None:
-        super().__init__(name, help_text, labels)
-        self._values: dict[LabelValues, float] = {}
-
-    def set(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = float(value)
-
-    def inc(self, amount: float = 1.0, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def dec(self, amount: float = 1.0, **labels: str) -> None:
-        self.inc(-amount, **labels)
 
     def value(self, **labels: str) -> float | None:
         with self._lock:
             return self._values.get(self._key(labels))
 
     def clear(self) -> None:
+        """Forget label sets that may no longer exist (before setting the current ones)."""
         with self._lock:
             self._values.clear()
 
-    def _samples(self) -> Iterable[str]:
+    def _family(self) -> GaugeMetricFamily | CounterMetricFamily:
+        raise NotImplementedError
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:
+        family = self._family()
         with self._lock:
             items = sorted(self._values.items())
         for key, value in items:
-            yield f"{self.name}{_labels_text(self.label_names, key)} {format_value(value)}"
+            family.add_metric(list(key), value)
+        return [family]
 
 
-class Histogram(_Metric):
-    """Observations counted into cumulative buckets, with ``_sum`` and ``_count``."""
+class ScrapedGauge(_Scraped):
+    """A gauge read from live state at scrape time."""
 
-    kind = "histogram"
+    def set(self, value: float, **labels: str) -> None:
+        self._put(value, labels)
 
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        labels: Sequence[str] = (),
-        buckets: Sequence[float] = DEFAULT_SECONDS_BUCKETS,
-    ) -> None:
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.name, self.help, labels=self.label_names)
+
+
+class ScrapedCounter(_Scraped):
+    """A counter kept elsewhere (e.g. by an ingest source), copied in at scrape time."""
+
+    def __init__(self, name: str, help_text: str, labels: Sequence[str]) -> None:
+        if not name.endswith("_total"):
+            raise ValueError(f"counter {name!r}: counter names end in _total")
         super().__init__(name, help_text, labels)
-        bounds = sorted(float(b) for b in buckets if not math.isinf(b))
-        if not bounds or len(set(bounds)) != len(bounds):
-            raise ValueError(f"{name}: buckets must be distinct finite numbers")
-        self.bounds = (*bounds, math.inf)
-        self._data: dict[LabelValues, tuple[list[int], list[float]]] = {}
 
-    def observe(self, value: float, **labels: str) -> None:
-        key = self._key(labels)
-        with self._lock:
-            counts, total = self._data.setdefault(key, ([0] * len(self.bounds), [0.0]))
-            for i, bound in enumerate(self.bounds):
-                if value <= bound:
-                    counts[i] += 1
-                    break
-            total[0] += value
+    def mirror(self, value: float, **labels: str) -> None:
+        """Copy the counter's current value."""
+        self._put(value, labels)
 
-    def count(self, **labels: str) -> int:
-        with self._lock:
-            data = self._data.get(self._key(labels))
-            return sum(data[0]) if data else 0
+    def _family(self) -> CounterMetricFamily:
+        # the family's name is given without the suffix; the exposition adds ``_total``
+        return CounterMetricFamily(
+            self.name.removesuffix("_total"), self.help, labels=self.label_names
+        )
 
-    def _samples(self) -> Iterable[str]:
+
+class _Refresh(Collector):
+    """Registered first, so that a scrape runs the refresh callables before reading the
+    scraped families (the registry collects in registration order). Yields no metric."""
+
+    def __init__(self) -> None:
+        self._callables: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+
+    def add(self, refresh: Callable[[], None]) -> None:
         with self._lock:
-            items = sorted((k, (list(c), t[0])) for k, (c, t) in self._data.items())
-        for key, (counts, total) in items:
-            running = 0
-            for bound, n in zip(self.bounds, counts, strict=True):
-                running += n
-                le = f'le="{format_value(bound)}"'
-                yield f"{self.name}_bucket{_labels_text(self.label_names, key, le)} {running}"
-            labels = _labels_text(self.label_names, key)
-            yield f"{self.name}_sum{labels} {format_value(total)}"
-            yield f"{self.name}_count{labels} {running}"
+            self._callables.append(refresh)
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            callables = list(self._callables)
+        for refresh in callables:
+            try:
+                refresh()
+            except Exception:  # a broken refresh must not break the whole scrape
+                log.exception("metrics refresh %r failed", refresh)
+        return iter(())
 
 
 class Registry:
-    """The set of metrics one daemon exposes; render() gives the ``/metrics`` body."""
+    """The set of metrics one daemon exposes: a ``CollectorRegistry`` of its own."""
 
     def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
-        self._collectors: list[Callable[[], None]] = []
-        self._lock = threading.Lock()
-
-    def _add(self, metric: _Metric) -> None:
-        with self._lock:
-            if metric.name in self._metrics:
-                raise ValueError(f"metric {metric.name} is already registered")
-            self._metrics[metric.name] = metric
+        self.collectors = CollectorRegistry(auto_describe=False)
+        self._refresh = _Refresh()
+        self.collectors.register(self._refresh)
 
     def counter(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Counter:
-        metric = Counter(name, help_text, labels)
-        self._add(metric)
-        return metric
+        return Counter(self.collectors, name, help_text, labels)
 
     def gauge(self, name: str, help_text: str, labels: Sequence[str] = ()) -> Gauge:
-        metric = Gauge(name, help_text, labels)
-        self._add(metric)
-        return metric
+        return Gauge(self.collectors, name, help_text, labels)
 
     def histogram(
         self,
@@ -247,82 +275,94 @@ class Registry:
         labels: Sequence[str] = (),
         buckets: Sequence[float] = DEFAULT_SECONDS_BUCKETS,
     ) -> Histogram:
-        metric = Histogram(name, help_text, labels, buckets)
-        self._add(metric)
-        return metric
+        return Histogram(self.collectors, name, help_text, labels, buckets)
 
-    def add_collector(self, collect: Callable[[], None]) -> None:
-        """Run ``collect`` before each render (it sets gauges from live state)."""
-        with self._lock:
-            self._collectors.append(collect)
+    def scraped_gauge(self, name: str, help_text: str, labels: Sequence[str] = ()) -> ScrapedGauge:
+        family = ScrapedGauge(name, help_text, labels)
+        self.collectors.register(family)
+        return family
+
+    def scraped_counter(
+        self, name: str, help_text: str, labels: Sequence[str] = ()
+    ) -> ScrapedCounter:
+        family = ScrapedCounter(name, help_text, labels)
+        self.collectors.register(family)
+        return family
+
+    def add_collector(self, refresh: Callable[[], None]) -> None:
+        """Run ``refresh`` at each scrape, before the scraped families are read (it sets them
+        from live state)."""
+        self._refresh.add(refresh)
+
+    def exposition(self, accept: str = "") -> tuple[bytes, str]:
+        """The ``/metrics`` body and its content type, in the format the ``Accept`` header asks
+        for (Prometheus text 0.0.4 by default, OpenMetrics where asked)."""
+        encode, content_type = choose_encoder(accept)
+        return encode(self.collectors), content_type
 
     def render(self) -> str:
-        with self._lock:
-            collectors = list(self._collectors)
-            metrics = sorted(self._metrics.values(), key=lambda m: m.name)
-        for collect in collectors:
-            try:
-                collect()
-            except Exception:  # a broken collector must not break the whole scrape
-                log.exception("metrics collector %r failed", collect)
-        return "".join(m.render() for m in metrics)
+        """The Prometheus text format (0.0.4), for logs and tests."""
+        return self.exposition()[0].decode("utf-8")
 
 
 class DaemonMetrics:
     """Every metric family the daemon exposes, in one place (names are part of the docs).
 
     Per-camera families are labelled ``camera``; the ingest, memory and engine-queue values are
-    refreshed by collectors the daemon adds; the engine and the server update the rest directly.
+    scraped (refreshed by callables the camera board and the engine add); the engine and the
+    server update the rest directly.
     """
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         r = registry
-        # ingest (set by the daemon from the sources' counters)
-        self.camera_state = r.gauge(
+        # ingest (scraped from the camera board, which the daemon keeps up to date)
+        self.camera_state = r.scraped_gauge(
             "stream_agent_camera_state",
             "1 for the camera's current state (connecting, online, stalled, offline, ended)",
             ("camera", "state"),
         )
-        self.camera_fps = r.gauge(
-            "stream_agent_camera_fps", "Frames per second delivered by ingest", ("camera",)
+        self.camera_fps = r.scraped_gauge(
+            "stream_agent_camera_frames_per_second",
+            "Frames per second delivered by ingest",
+            ("camera",),
         )
-        self.camera_frames = r.counter(
+        self.camera_frames = r.scraped_counter(
             "stream_agent_camera_frames_total", "Frames delivered by ingest", ("camera",)
         )
-        self.camera_dropped = r.counter(
+        self.camera_dropped = r.scraped_counter(
             "stream_agent_camera_dropped_frames_total",
             "Frames ingest dropped (newest-wins sampling)",
             ("camera",),
         )
-        self.camera_reconnects = r.counter(
+        self.camera_reconnects = r.scraped_counter(
             "stream_agent_camera_reconnects_total", "Reconnections of the source", ("camera",)
         )
-        # compression and memory (collected from the worker's status)
-        self.cacher_reuse_share = r.gauge(
-            "stream_agent_cacher_reuse_share",
-            "Share of vision tokens reused from the reference frame",
+        # compression and memory (scraped from the worker's status)
+        self.cacher_reuse_share = r.scraped_gauge(
+            "stream_agent_cacher_reuse_ratio",
+            "Share of vision tokens reused from the reference frame (0 to 1)",
             ("camera",),
         )
-        self.pruner_kept_share = r.gauge(
-            "stream_agent_pruner_kept_share",
-            "Share of visual tokens kept by the pruner",
+        self.pruner_kept_share = r.scraped_gauge(
+            "stream_agent_pruner_kept_ratio",
+            "Share of visual tokens kept by the pruner (0 to 1)",
             ("camera",),
         )
-        self.memory_blocks = r.gauge(
+        self.memory_blocks = r.scraped_gauge(
             "stream_agent_memory_blocks", "KV blocks held in the memory", ("camera",)
         )
-        self.memory_ram_bytes = r.gauge(
+        self.memory_ram_bytes = r.scraped_gauge(
             "stream_agent_memory_ram_bytes", "Bytes of the memory held in RAM", ("camera",)
         )
-        self.memory_disk_bytes = r.gauge(
+        self.memory_disk_bytes = r.scraped_gauge(
             "stream_agent_memory_disk_bytes", "Bytes of the memory stored on disk", ("camera",)
         )
-        self.model_ready = r.gauge(
+        self.model_ready = r.scraped_gauge(
             "stream_agent_model_ready", "1 when the model is loaded and answering"
         )
         # engine
-        self.engine_queue_depth = r.gauge(
+        self.engine_queue_depth = r.scraped_gauge(
             "stream_agent_engine_queue_depth",
             "Items waiting for the engine thread",
             ("kind",),
@@ -337,7 +377,7 @@ class DaemonMetrics:
             "Frames the engine shed (reason: overflow, shutdown, not_ready, error)",
             ("camera", "reason"),
         )
-        self.engine_frame_lag = r.gauge(
+        self.engine_frame_lag = r.scraped_gauge(
             "stream_agent_engine_frame_lag_seconds",
             "Wall time from a frame's capture to the end of its encoding (last batch)",
             ("camera",),

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeAlias, cast
+
+from stream_agent.durations import looks_like_duration, parse_duration
 
 PROTOCOL_VERSION: Final = 1
 """Bumped on any incompatible change; clients compare it with the ``hello`` they receive."""
@@ -39,36 +40,6 @@ CLIENT_TYPES: Final = ("ask", "cancel", "status", "auth")
 # ---------------------------------------------------------------------------------------------
 # Durations and time bounds
 # ---------------------------------------------------------------------------------------------
-
-_DURATION_UNITS: Final[Mapping[str, float]] = {
-    "ms": 0.001,
-    "s": 1.0,
-    "sec": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-    "w": 604800.0,
-}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|sec|min|s|m|h|d|w)")
-_DURATION_WHOLE = re.compile(r"^(?:\d+(?:\.\d+)?\s*(?:ms|sec|min|s|m|h|d|w)\s*)+$")
-_PLAIN_NUMBER = re.compile(r"^\d+(?:\.\d+)?$")
-
-
-def parse_duration(text: str) -> float:
-    """Parse a duration such as ``"10m"``, ``"1h30m"``, ``"2.5s"`` or ``"90"`` (seconds).
-
-    Units: ms, s/sec, m/min, h, d, w. Raises ``ValueError`` with a sentence on bad input.
-    """
-    compact = text.strip().lower()
-    if _PLAIN_NUMBER.match(compact):
-        return float(compact)
-    if not compact or not _DURATION_WHOLE.match(compact):
-        raise ValueError(
-            f"{text!r} is not a duration; write a number with a unit, like '90s', '10m', "
-            "'1h30m' or '2d'"
-        )
-    return sum(float(n) * _DURATION_UNITS[unit] for n, unit in _DURATION_PART.findall(compact))
 
 
 def format_wall_time(unix_s: float) -> str:
@@ -105,7 +76,7 @@ class TimeBound:
         stripped = text.strip()
         if stripped.lower() == "now":
             return cls(ago_s=0.0)
-        if _DURATION_WHOLE.match(stripped.lower()) or _PLAIN_NUMBER.match(stripped):
+        if looks_like_duration(stripped):
             return cls(ago_s=parse_duration(stripped))
         if len(stripped) >= 10 and stripped[4:5] == "-":
             return cls(unix_s=parse_wall_time(stripped))

@@ -26,6 +26,10 @@ class FrameLike(Protocol):
     def wall_time(self) -> float: ...
     @property
     def image(self) -> npt.NDArray[np.uint8]: ...
+    @property
+    def session(self) -> int:
+        """The source connection the frame was decoded in (changes after a reconnect)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

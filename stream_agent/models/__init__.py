@@ -21,12 +21,19 @@ if TYPE_CHECKING:
         IncompleteModelError,
         InputError,
         ModelNotFoundError,
+        ModelUnavailableError,
         NotAModelError,
         PromptError,
         UnsupportedFamilyError,
         WrongFamilyError,
     )
-    from stream_agent.models.loading import detect_family, load_model
+    from stream_agent.models.loading import (
+        ModelLoader,
+        detect_family,
+        load_model,
+        model_device,
+        model_loader,
+    )
     from stream_agent.models.records import (
         DecodeOptions,
         DecodeStep,
@@ -45,12 +52,16 @@ _WHERE = {
     "IncompleteModelError": "errors",
     "InputError": "errors",
     "ModelNotFoundError": "errors",
+    "ModelUnavailableError": "errors",
     "NotAModelError": "errors",
     "PromptError": "errors",
     "UnsupportedFamilyError": "errors",
     "WrongFamilyError": "errors",
     "detect_family": "loading",
     "load_model": "loading",
+    "ModelLoader": "loading",
+    "model_device": "loading",
+    "model_loader": "loading",
     "DecodeOptions": "records",
     "DecodeStep": "records",
     "FrameTransform": "records",
@@ -76,7 +87,9 @@ __all__ = [
     "InputError",
     "LMChunk",
     "LMSpec",
+    "ModelLoader",
     "ModelNotFoundError",
+    "ModelUnavailableError",
     "NotAModelError",
     "PromptError",
     "PromptLayout",
@@ -89,6 +102,8 @@ __all__ = [
     "family_names",
     "get_family",
     "load_model",
+    "model_device",
+    "model_loader",
 ]
 
 

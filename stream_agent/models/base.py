@@ -35,7 +35,7 @@ import torch
 from transformers import DynamicCache
 
 from cacher.layers import EncoderLayer, Rotary, encoder_forward_masks
-from stream_agent.models.errors import InputError
+from stream_agent.models.errors import IncompleteModelError, InputError
 from stream_agent.models.preprocess import frame_transform_from_settings, preprocess_frames
 from stream_agent.models.records import (
     DecodeOptions,
@@ -50,6 +50,15 @@ from stream_agent.models.records import (
 from stream_agent.models.text import IncrementalDetokenizer, build_prompt_layout
 
 log = logging.getLogger(__name__)
+
+
+def placeholder_token(tokenizer: Any, token_id: int, what: str = "video_token_id") -> str:
+    """The token string of ``token_id`` (the video placeholder of the chat prompt), checked to be
+    a real token of ``tokenizer``; :class:`IncompleteModelError` where it has none."""
+    token = tokenizer.convert_ids_to_tokens(int(token_id))
+    if not isinstance(token, str) or token == tokenizer.unk_token:
+        raise IncompleteModelError(f"the tokenizer has no token for {what} {token_id}")
+    return token
 
 
 class LanguageModel(ABC):
@@ -92,9 +101,16 @@ class LanguageModel(ABC):
     def embed_text(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Token ids -> input embeddings ``(L, D)``."""
 
-    @abstractmethod
     def text_chunk(self, ids: Sequence[int] | torch.Tensor, start: int) -> LMChunk:
-        """Text tokens placed from position ``start``."""
+        """Text tokens placed from position ``start`` (1-D positions; M-RoPE families override)."""
+        return self.sequential_chunk(self.embed_text(ids), start)
+
+    def sequential_chunk(self, embeds: torch.Tensor, start: int) -> LMChunk:
+        """Embeddings ``(L, D)`` at the 1-D positions ``start, start + 1, ...``: the layout of
+        every family without multi-dimensional positions."""
+        length = int(embeds.shape[0])
+        positions = torch.arange(start, start + length, device=self.device)[None]
+        return LMChunk(embeds.to(self.dtype), positions, start + length)
 
     def build_prompt(self, question: str, *, system: str | None = None) -> PromptLayout:
         """The checkpoint's chat prompt around one video and ``question``."""

@@ -38,3 +38,7 @@ class InputError(ModelError):
 
 class DeviceError(ModelError):
     """The device or dtype asked for cannot be used here."""
+
+
+class ModelUnavailableError(ModelError):
+    """The configured model cannot be loaded; the message says how to point at one that can."""

@@ -33,7 +33,7 @@ from cacher.layers import (
     SeparateQKV,
     embed_patches,
 )
-from stream_agent.models.base import VideoLLM
+from stream_agent.models.base import VideoLLM, placeholder_token
 from stream_agent.models.errors import IncompleteModelError, InputError, UnsupportedFamilyError
 from stream_agent.models.preprocess import frame_transform_from_settings
 from stream_agent.models.records import FrameTransform, LMChunk, LMSpec, VisionSpec, VisualTokens
@@ -120,11 +120,7 @@ class LlavaOnevisionAdapter(VideoLLM):
                 "LLaVA-OneVision checkpoints with vision_feature_select_strategy="
                 f"{config.vision_feature_select_strategy!r} have no video path; only 'full' works"
             )
-        placeholder = tokenizer.convert_ids_to_tokens(int(config.video_token_id))
-        if not isinstance(placeholder, str) or placeholder == tokenizer.unk_token:
-            raise IncompleteModelError(
-                f"the tokenizer has no token for video_token_id {config.video_token_id}"
-            )
+        placeholder = placeholder_token(tokenizer, config.video_token_id)
         super().__init__(
             model=model,
             tokenizer=tokenizer,
@@ -263,14 +259,6 @@ class LlavaOnevisionAdapter(VideoLLM):
             embeds: torch.Tensor = self._inner.get_input_embeddings()(index)
         return embeds
 
-    def _chunk(self, embeds: torch.Tensor, start: int) -> LMChunk:
-        length = int(embeds.shape[0])
-        positions = torch.arange(start, start + length, device=self.device)[None]
-        return LMChunk(embeds.to(self.dtype), positions, start + length)
-
-    def text_chunk(self, ids: Sequence[int] | torch.Tensor, start: int) -> LMChunk:
-        return self._chunk(self.embed_text(ids), start)
-
     def visual_chunk(
         self,
         tokens: VisualTokens,
@@ -279,10 +267,10 @@ class LlavaOnevisionAdapter(VideoLLM):
         step: int = 0,
         seconds_per_step: float = 1.0,
     ) -> LMChunk:
-        return self._chunk(tokens.embeds, start)  # 1-D positions: the step needs no offset
+        return self.sequential_chunk(tokens.embeds, start)  # 1-D: the step needs no offset
 
     def video_end_chunk(self, start: int) -> LMChunk:
-        return self._chunk(self._inner.image_newline.detach()[None], start)
+        return self.sequential_chunk(self._inner.image_newline.detach()[None], start)
 
     # -------------------------------------------------------------------------------------- LLM
 

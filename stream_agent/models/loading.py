@@ -1,5 +1,8 @@
 """Load a model from a local folder or a Hugging Face id, on a device, in a dtype.
 
+:func:`model_loader` is the daemon's way in: the loader of the model its config names, on the
+device :func:`model_device` picks (``auto``: a GPU where there is one).
+
 The family is read from the folder's ``config.json`` and its adapter does the rest. A source that is
 not an existing path but looks like ``owner/name`` is looked up in the local Hugging Face cache and,
 if ``allow_download``, fetched from the Hub; when that fails (no network here), the error says to
@@ -11,8 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -20,10 +24,14 @@ from stream_agent.models.base import VideoLLM
 from stream_agent.models.errors import (
     DeviceError,
     ModelNotFoundError,
+    ModelUnavailableError,
     NotAModelError,
     WrongFamilyError,
 )
 from stream_agent.models.registry import Family, adapter_class, family_for_config, get_family
+
+if TYPE_CHECKING:
+    from stream_agent.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -140,3 +148,40 @@ def load_model(
     model = adapter_class(found).from_folder(folder, device=dev, dtype=torch_dtype)
     log.info("loaded %s model from %s", found.name, folder)
     return model
+
+
+ModelLoader = Callable[[], VideoLLM]
+"""Builds the model when called (the engine thread calls it once)."""
+
+
+def model_device(config: ModelConfig) -> str:
+    """``auto`` -> ``cuda`` where a GPU is present, ``mps`` on Apple silicon, else ``cpu``."""
+    if config.device != "auto":
+        return config.device
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def model_loader(config: ModelConfig) -> ModelLoader:
+    """The loader of the configured model; its errors tell how to point at a local folder."""
+
+    def load() -> VideoLLM:
+        dtype = None if config.dtype == "auto" else config.dtype
+        try:
+            return load_model(config.source, device=model_device(config), dtype=dtype)
+        except ModelNotFoundError as exc:
+            if config.path is not None:
+                raise
+            raise ModelUnavailableError(
+                f"{exc}. No model hub is reachable from here, or the model is not in the local "
+                "Hugging Face cache: pass a local model folder with --model DIR (or model.path in "
+                "the config file); for an offline demo whose answers are noise, build a tiny test "
+                "model with `stream-agent make-test-model --family llava_onevision "
+                "/tmp/tiny-llava` and serve it with --model /tmp/tiny-llava"
+            ) from exc
+
+    return load

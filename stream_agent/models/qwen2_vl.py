@@ -81,7 +81,7 @@ from cacher.layers import (
     embed_patches,
     group_mask,
 )
-from stream_agent.models.base import VideoLLM
+from stream_agent.models.base import VideoLLM, placeholder_token
 from stream_agent.models.errors import IncompleteModelError, InputError
 from stream_agent.models.preprocess import (
     check_frame,
@@ -275,11 +275,7 @@ class QwenVLAdapter(VideoLLM):
         folder: Path | None = None,
     ) -> None:
         config = model.config
-        placeholder = tokenizer.convert_ids_to_tokens(int(config.video_token_id))
-        if not isinstance(placeholder, str) or placeholder == tokenizer.unk_token:
-            raise IncompleteModelError(
-                f"the tokenizer has no token for video_token_id {config.video_token_id}"
-            )
+        placeholder = placeholder_token(tokenizer, config.video_token_id)
         super().__init__(
             model=model,
             tokenizer=tokenizer,

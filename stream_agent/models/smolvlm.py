@@ -482,16 +482,8 @@ class SmolVLMAdapter(VideoLLM):
             embeds: torch.Tensor = self._inner.get_input_embeddings()(index)
         return embeds
 
-    def _chunk(self, embeds: torch.Tensor, start: int) -> LMChunk:
-        length = int(embeds.shape[0])
-        positions = torch.arange(start, start + length, device=self.device)[None]
-        return LMChunk(embeds.to(self.dtype), positions, start + length)
-
     def _ids(self, text: str) -> list[int]:
         return [int(i) for i in self.tokenizer(text, add_special_tokens=False)["input_ids"]]
-
-    def text_chunk(self, ids: Sequence[int] | torch.Tensor, start: int) -> LMChunk:
-        return self._chunk(self.embed_text(ids), start)
 
     def visual_chunk(
         self,
@@ -501,7 +493,7 @@ class SmolVLMAdapter(VideoLLM):
         step: int = 0,
         seconds_per_step: float = 1.0,
     ) -> LMChunk:
-        return self._chunk(tokens.embeds, start)  # 1-D positions: the step needs no offset
+        return self.sequential_chunk(tokens.embeds, start)  # 1-D: the step needs no offset
 
     def frame_open_text(self, timestamp: float) -> str:
         """The prompt text before a frame's visual tokens (see the module docstring)."""

@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from stream_agent.models.base import LanguageModel
 from stream_agent.models.errors import IncompleteModelError, PromptError
-from stream_agent.models.records import LMChunk, LMSpec, PromptLayout
+from stream_agent.models.records import LMSpec, PromptLayout
 from stream_agent.models.text import render_chat
 
 log = logging.getLogger(__name__)
@@ -135,12 +135,6 @@ class TextLM(LanguageModel):
         with torch.no_grad():
             embeds: torch.Tensor = self.model.get_input_embeddings()(index)
         return embeds
-
-    def text_chunk(self, ids: Sequence[int] | torch.Tensor, start: int) -> LMChunk:
-        embeds = self.embed_text(ids)
-        length = int(embeds.shape[0])
-        positions = torch.arange(start, start + length, device=self.device)[None]
-        return LMChunk(embeds.to(self.dtype), positions, start + length)
 
     def build_prompt(self, question: str, *, system: str | None = None) -> PromptLayout:
         """The chat prompt with the stream's context opening the user turn, then ``question``."""

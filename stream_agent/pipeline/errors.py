@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from stream_agent.errors import ModelError, StreamAgentError
+from stream_agent.errors import StreamAgentError
+from stream_agent.models.errors import ModelUnavailableError
 
 
 class PipelineError(StreamAgentError):
@@ -15,5 +16,4 @@ class NothingSeenError(PipelineError):
     code = "unknown_camera"
 
 
-class ModelUnavailableError(ModelError):
-    """The configured model cannot be loaded; the message says how to point at one that can."""
+__all__ = ["ModelUnavailableError", "NothingSeenError", "PipelineError"]

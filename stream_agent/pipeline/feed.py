@@ -2,10 +2,11 @@
 
 A :class:`CameraFeed` opens its source with ingest (a decode thread of its own, sampling to the
 camera's rate; files are replayed in real time, as if live), offers each frame to the
-:class:`~stream_agent.server.CameraBoard` (newest frame, evidence JPEGs) and submits it to the
-engine tagged with its source session. Ingest's state changes go to the board and to one log
-line each. Nothing that happens to one camera reaches another: every failure of the source ends
-in a state with a reason, never in an exception out of :meth:`CameraFeed.run`.
+:class:`~stream_agent.cameras.CameraBoard` (newest frame, evidence JPEGs) and submits it to the
+engine (each frame carries the source session it was decoded in). Ingest's state changes go to
+the board and to one log line each. Nothing that happens to one camera reaches another: every
+failure of the source ends in a state with a reason, never in an exception out of
+:meth:`CameraFeed.run`.
 """
 
 from __future__ import annotations
@@ -24,10 +25,9 @@ from ingest import (
     open_source,
     redact_url,
 )
+from stream_agent.cameras import CameraBoard
 from stream_agent.config import CameraConfig
 from stream_agent.engine import Engine
-from stream_agent.pipeline.frames import CameraFrame
-from stream_agent.server import CameraBoard
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,10 @@ class CameraFeed:
             async with source:
                 async for frame in source:
                     await asyncio.to_thread(self._board.offer_frame, frame)
-                    session = source.counters().reconnects
-                    self._engine.submit_frame(CameraFrame.tagged(frame, session))
+                    # the frame carries the session it was decoded in (stamped by ingest's
+                    # decode thread): reading the source's counters here would give a frame
+                    # decoded before a reconnect the new session
+                    self._engine.submit_frame(frame)
         except IngestError as exc:
             state = "offline" if spec.live else "ended"
             self._board.set_state(self.name, state, str(exc))

@@ -8,7 +8,8 @@ the pruner) and appends the resulting blocks to the camera's memory stream. ``an
 memory and streams its text, ending with the moments it used. ``flush`` writes everything to
 disk; ``close`` releases the memory and the model.
 
-When a frame's source session differs from the previous frame's (the camera reconnected), the
+When a frame's source session (stamped by ingest's decode thread) differs from the previous
+frame's (the camera reconnected), the
 camera's cacher reference and pruner history are dropped first, so that no frame is compared with
 a picture from before the break.
 """
@@ -18,7 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from stream_agent.config import DaemonConfig
 from stream_agent.engine.records import (
@@ -30,9 +31,9 @@ from stream_agent.engine.records import (
 )
 from stream_agent.memory import Memory, MemoryOptions
 from stream_agent.models.base import VideoLLM
+from stream_agent.models.loading import ModelLoader
 from stream_agent.models.records import DecodeOptions
 from stream_agent.pipeline.errors import NothingSeenError
-from stream_agent.pipeline.frames import session_of
 from stream_agent.pipeline.stages import (
     ChainSettings,
     VisionChain,
@@ -45,8 +46,6 @@ from stream_agent.pipeline.stages import (
 )
 
 log = logging.getLogger(__name__)
-
-ModelLoader = Callable[[], VideoLLM]
 
 
 class _Camera:
@@ -135,7 +134,7 @@ class ModelWorker:
         start = 0
         frames = batch.frames
         for i, frame in enumerate(frames):
-            session = session_of(frame)
+            session = frame.session
             if camera.session is not None and session != camera.session:
                 append_blocks(memory, batch.camera, camera.chain.add(frames[start:i]))
                 start = i

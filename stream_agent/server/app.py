@@ -1,7 +1,7 @@
 """The daemon's server: WebSocket (``/ws``) and HTTP on one port.
 
 Built from a :class:`~stream_agent.config.ServerConfig`, an :class:`~stream_agent.engine.Engine`,
-a :class:`~stream_agent.server.cameras.CameraBoard` and the daemon's metrics; it owns nothing
+a :class:`~stream_agent.cameras.CameraBoard` and the daemon's metrics; it owns nothing
 else. ``async with StreamAgentServer(...) as server:`` listens (``server.port`` is the bound
 port, useful with port 0) and closes every connection on exit.
 """
@@ -16,10 +16,10 @@ from types import TracebackType
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
+from stream_agent.cameras import CameraBoard
 from stream_agent.config import ServerConfig
 from stream_agent.engine import Engine
 from stream_agent.metrics import DaemonMetrics
-from stream_agent.server.cameras import CameraBoard
 from stream_agent.server.context import ServerContext
 from stream_agent.server.http import HttpRoutes
 from stream_agent.server.session import Session

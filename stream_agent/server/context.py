@@ -6,10 +6,10 @@ import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stream_agent.cameras import CameraBoard
 from stream_agent.config import ServerConfig
 from stream_agent.engine import Engine
 from stream_agent.metrics import DaemonMetrics
-from stream_agent.server.cameras import CameraBoard
 
 
 class ServerState:

@@ -30,7 +30,6 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from stream_agent.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from stream_agent.protocol import format_wall_time
 from stream_agent.server.auth import bearer_token, token_matches
 from stream_agent.server.context import ServerContext
@@ -115,8 +114,8 @@ class HttpRoutes:
             denied = self._check_token(request)
             if denied is not None:
                 return "metrics", denied
-            text = self._ctx.metrics.registry.render()
-            return "metrics", response(http.HTTPStatus.OK, text, kind=METRICS_CONTENT_TYPE)
+            body, kind = self._ctx.metrics.registry.exposition(request.headers.get("Accept", ""))
+            return "metrics", response(http.HTTPStatus.OK, body, kind=kind)
         camera_route = _CAMERA_ROUTE.match(path)
         if camera_route is not None or path.startswith("/cameras/"):
             denied = self._check_token(request)

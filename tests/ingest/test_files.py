@@ -193,6 +193,29 @@ async def test_loop_replays_with_increasing_timestamps(clips: Clips) -> None:
     assert [f.seq for f in frames] == list(range(25))
 
 
+async def test_each_frame_carries_the_session_it_was_decoded_in(clips: Clips) -> None:
+    """The race of a reconnect (here: a loop restart, which opens a new session) with the
+    consumer: frames decoded before it but taken after it keep the old session number."""
+    options = fast(fps=None, loop=True, queue_size=32)
+    spec = SourceSpec.parse(str(clips.path("short.mp4")), source_id="clip")
+    frames: list[Frame] = []
+    async with open_source(spec, options) as source:
+        async for frame in source:
+            frames.append(frame)
+            if len(frames) == 1:
+                # hold the consumer until the decode thread has started its second pass
+                deadline = time.monotonic() + 20
+                while source.counters().reconnects < 1:
+                    assert time.monotonic() < deadline, "the file never looped"
+                    await asyncio.sleep(0.01)
+            if len(frames) >= 25:
+                break
+        reconnects = source.counters().reconnects
+    assert reconnects >= 2
+    assert [f.seq for f in frames] == list(range(25))
+    assert [f.session for f in frames] == [f.seq // 10 for f in frames]
+
+
 async def test_opencv_decoder_agrees_with_pyav(clips: Clips) -> None:
     for name in ("cfr.mp4", "rotated.mp4"):
         path = clips.path(name)

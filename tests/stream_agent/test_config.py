@@ -261,6 +261,24 @@ def test_urls_are_redacted_in_the_summary(tmp_path: Path) -> None:
     assert "hunter2" not in summary and "rtsp://admin:***@10.1.1.1/live" in summary
 
 
+def test_secret_query_values_are_redacted_through_the_config_too() -> None:
+    """The config uses ingest's one redact_url: secret query values are masked as well."""
+    assert redact_url("rtsp://h/x?token=abc123&channel=2") == "rtsp://h/x?token=***&channel=2"
+    url = "rtsp://admin:hunter2@10.1.1.1/live?api_key=s3cr3tk3y&ch=1"
+    config = DaemonConfig.model_validate({"cameras": [{"name": "a", "url": url}]})
+    summary = config.summary()
+    assert "hunter2" not in summary and "s3cr3tk3y" not in summary
+    assert "rtsp://admin:***@10.1.1.1/live?api_key=***&ch=1" in summary
+
+
+@pytest.mark.parametrize("value", ["1.0e+400", f"{10**400}", f'"{10**12}d"', ".inf"])
+def test_durations_too_long_are_config_errors_with_a_line(tmp_path: Path, value: str) -> None:
+    text = GOOD_YAML.replace("retention_s: 2d", f"retention_s: {value}")
+    message = _error(_write(tmp_path, "long.yaml", text))
+    assert message.startswith(f"{tmp_path / 'long.yaml'}:18: memory.retention_s: ")
+    assert "too long a duration" in message
+
+
 # --- flags ------------------------------------------------------------------------------------
 
 

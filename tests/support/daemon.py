@@ -31,6 +31,7 @@ import numpy.typing as npt
 import yaml
 from websockets.asyncio.client import ClientConnection, connect
 
+from tests.support.prometheus import sample
 from tests.support.ws import recv, send
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,9 +277,4 @@ async def aget(url: str, token: str | None = None) -> HttpReply:
 
 def metric(text: str, name: str, **labels: str) -> float | None:
     """A sample's value from Prometheus text (labels must match exactly)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    head = f"{name}{{{want}}}" if labels else name
-    for line in text.splitlines():
-        if line.startswith(head + " "):
-            return float(line.split()[-1])
-    return None
+    return sample(text, name, **labels)

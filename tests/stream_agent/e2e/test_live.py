@@ -152,9 +152,9 @@ async def test_http_endpoints_of_the_real_daemon(live: DaemonProcess) -> None:
     assert (metric(metrics, "stream_agent_memory_blocks", camera=CAMERA) or 0) >= 2
     assert metric(metrics, "stream_agent_camera_state", camera=CAMERA, state="online") == 1
     assert metric(metrics, "stream_agent_model_ready") == 1
-    reuse = metric(metrics, "stream_agent_cacher_reuse_share", camera=CAMERA)
+    reuse = metric(metrics, "stream_agent_cacher_reuse_ratio", camera=CAMERA)
     assert reuse is not None and 0.0 < reuse < 1.0  # STC-Cacher reuses part of the frames
-    assert metric(metrics, "stream_agent_pruner_kept_share", camera=CAMERA) == 0.5  # 8 of 16
+    assert metric(metrics, "stream_agent_pruner_kept_ratio", camera=CAMERA) == 0.5  # 8 of 16
     assert (metric(metrics, "stream_agent_engine_frames_encoded_total", camera=CAMERA) or 0) >= 2
     assert metric(metrics, "stream_agent_engine_frame_lag_seconds", camera=CAMERA) is not None
     assert (metric(metrics, "stream_agent_answer_ttft_seconds_count") or 0) >= 1

@@ -11,16 +11,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from stream_agent.config import ModelConfig
 from stream_agent.errors import ModelError
 from stream_agent.models import (
     DeviceError,
     IncompleteModelError,
     ModelNotFoundError,
+    ModelUnavailableError,
     NotAModelError,
     UnsupportedFamilyError,
     WrongFamilyError,
     detect_family,
     load_model,
+    model_device,
+    model_loader,
     registry,
 )
 from stream_agent.models.registry import Family
@@ -135,6 +139,22 @@ def test_hub_ids_without_download_ask_for_a_folder(tmp_path: Path) -> None:
         load_model("stream-agent-tests/no-such-model-xyz", allow_download=False)
     with pytest.raises(ModelNotFoundError, match="no model folder"):
         load_model(tmp_path / "missing" / "dir")
+
+
+def test_the_configured_device_and_loader(
+    tiny_model_dir: TinyDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's way in (model_device, model_loader), moved here from daemon.py."""
+    auto = model_device(ModelConfig())
+    assert auto == "cuda" if torch.cuda.is_available() else auto in ("mps", "cpu")
+    assert model_device(ModelConfig(device="cpu")) == "cpu"
+    model = model_loader(ModelConfig(path=tiny_model_dir("llava_onevision"), device="cpu"))()
+    assert model.family == "llava_onevision" and model.device.type == "cpu"
+    with pytest.raises(ModelNotFoundError, match="no model folder"):  # a folder: as it is
+        model_loader(ModelConfig(path=tmp_path / "missing"))()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub library's own switch: fail fast
+    with pytest.raises(ModelUnavailableError, match="--model DIR"):  # a hub id: how to fix
+        model_loader(ModelConfig(id="stream-agent-tests/no-such-model-xyz"))()
 
 
 def test_bad_device_and_dtype(tiny_model_dir: TinyDir) -> None:

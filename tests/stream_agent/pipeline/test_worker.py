@@ -25,7 +25,7 @@ from stream_agent.engine import (
 )
 from stream_agent.models import VideoLLM
 from stream_agent.models.testing import build_test_adapter
-from stream_agent.pipeline import CameraFrame, ModelWorker, NothingSeenError
+from stream_agent.pipeline import ModelWorker, NothingSeenError
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def image(index: int, size: tuple[int, int] = (96, 128)) -> npt.NDArray[np.uint8
 def frames(camera: str, count: int, *, start: int = 0, session: int = 0) -> tuple[Any, ...]:
     now = time.time()
     return tuple(
-        CameraFrame.tagged(Frame(camera, i, float(i), now - (count - i), image(i)), session=session)
+        Frame(camera, i, float(i), now - (count - i), image(i), session=session)
         for i in range(start, start + count)
     )
 
@@ -104,10 +104,7 @@ def test_frames_become_blocks_and_answers_cite_them(llava: VideoLLM, tmp_path: P
 def test_adaptive_cacher_reuses_a_still_scene(llava: VideoLLM, tmp_path: Path) -> None:
     """``cacher.method = adaptive``: repeated identical frames reuse the reference whole."""
     worker = opened(llava, config(tmp_path / "memory", cacher={"method": "adaptive"}))
-    still = tuple(
-        CameraFrame.tagged(Frame("dock", i, float(i), time.time(), image(0)), session=0)
-        for i in range(4)
-    )
+    still = tuple(Frame("dock", i, float(i), time.time(), image(0), session=0) for i in range(4))
     worker.encode(FrameBatch("dock", still))
     memory = worker.status().camera("dock")
     assert memory is not None and memory.blocks == 4

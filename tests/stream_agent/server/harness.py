@@ -17,10 +17,11 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
+from stream_agent.cameras import CameraBoard
 from stream_agent.config import EngineConfig, ServerConfig
 from stream_agent.engine import Engine
 from stream_agent.metrics import DaemonMetrics, Registry
-from stream_agent.server import CameraBoard, StreamAgentServer
+from stream_agent.server import StreamAgentServer
 from tests.stream_agent.engine.fake_worker import MODEL_NAME, FakeWorker, make_frame
 
 

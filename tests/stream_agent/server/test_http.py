@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as openmetrics_families,
+)
 
 from tests.stream_agent.engine.fake_worker import FakeWorker, make_frame
 from tests.stream_agent.server.harness import Harness, running_server
+from tests.support.prometheus import sample_values
 
 TOKEN = "http-s3cret"
 
@@ -124,22 +128,35 @@ async def test_metrics_need_the_token_and_use_the_prometheus_format() -> None:
         types = check_prometheus_text(text)
         assert types["stream_agent_answer_ttft_seconds"] == "histogram"
         assert types["stream_agent_camera_frames_total"] == "counter"
-        for line in (
-            'stream_agent_camera_state{camera="dock",state="online"} 1',
-            'stream_agent_camera_state{camera="dock",state="offline"} 0',
-            'stream_agent_camera_frames_total{camera="dock"} 120',
-            'stream_agent_camera_dropped_frames_total{camera="dock"} 3',
-            'stream_agent_camera_reconnects_total{camera="dock"} 1',
-            'stream_agent_engine_frames_encoded_total{camera="dock"} 2',
-            'stream_agent_memory_blocks{camera="dock"} 2',
-            'stream_agent_answers_total{outcome="stop"} 1',
-            "stream_agent_answer_ttft_seconds_count 1",
-            'stream_agent_answer_ttft_seconds_bucket{le="+Inf"} 1',
-            "stream_agent_ws_clients 1",
-            'stream_agent_engine_queue_depth{kind="questions"} 0',
-            "stream_agent_model_ready 1",
+        values = sample_values(text)
+        for name, labels, value in (
+            ("stream_agent_camera_state", {"camera": "dock", "state": "online"}, 1),
+            ("stream_agent_camera_state", {"camera": "dock", "state": "offline"}, 0),
+            ("stream_agent_camera_frames_total", {"camera": "dock"}, 120),
+            ("stream_agent_camera_dropped_frames_total", {"camera": "dock"}, 3),
+            ("stream_agent_camera_reconnects_total", {"camera": "dock"}, 1),
+            ("stream_agent_engine_frames_encoded_total", {"camera": "dock"}, 2),
+            ("stream_agent_memory_blocks", {"camera": "dock"}, 2),
+            ("stream_agent_answers_total", {"outcome": "stop"}, 1),
+            ("stream_agent_answer_ttft_seconds_count", {}, 1),
+            ("stream_agent_answer_ttft_seconds_bucket", {"le": "+Inf"}, 1),
+            ("stream_agent_ws_clients", {}, 1),
+            ("stream_agent_engine_queue_depth", {"kind": "questions"}, 0),
+            ("stream_agent_model_ready", {}, 1),
         ):
-            assert line in text.splitlines(), line
+            assert values.get((name, frozenset(labels.items()))) == value, (name, labels)
+
+
+async def test_metrics_speak_openmetrics_when_asked() -> None:
+    async with running_server(token=TOKEN) as h:
+        status, headers, body = await http(
+            h.port, "/metrics", token=TOKEN, headers={"Accept": "application/openmetrics-text"}
+        )
+    assert status == 200
+    assert headers["content-type"].startswith("application/openmetrics-text")
+    text = body.decode()
+    assert text.endswith("# EOF\n")
+    assert any(f.name == "stream_agent_answers" for f in openmetrics_families(text))
 
 
 async def test_snapshot_serves_the_newest_frame() -> None:
@@ -174,7 +191,7 @@ async def test_evidence_frames_are_found_by_wall_time() -> None:
 
 
 async def test_kept_evidence_frames_stay_within_their_byte_budget() -> None:
-    from stream_agent.server import CameraBoard
+    from stream_agent.cameras import CameraBoard
 
     async with running_server() as h:
         board = CameraBoard(["dock"], evidence_bytes=3000, metrics=h.metrics)

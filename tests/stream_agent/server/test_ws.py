@@ -16,8 +16,8 @@ from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
 from websockets.uri import parse_uri
 
+from stream_agent.cameras import CameraBoard, CameraView
 from stream_agent.protocol import PROTOCOL_VERSION, parse_wall_time
-from stream_agent.server import CameraBoard, CameraView
 from tests.stream_agent.engine.fake_worker import MODEL_NAME, FakeWorker
 from tests.stream_agent.server.harness import (
     running_server,

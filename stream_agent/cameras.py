@@ -1,9 +1,11 @@
-"""What the server knows about the cameras: state, counters, the newest frame, kept frames.
+"""The camera board: each camera's state, counters, newest frame and kept frames.
 
-The daemon updates a :class:`CameraBoard` as ingest reports state changes and frames (from any
-thread); the server reads it for ``hello``/``status``, ``/readyz``, ``/metrics``, the snapshot
-endpoint and evidence frames. Evidence frames are small JPEGs of the frames that were offered,
-kept per camera within a byte budget (oldest evicted first, counted) and found by wall time.
+Its own room, read by the pipeline, the server and the alerts alike (none of them imports
+another's room for it). The pipeline's camera feeds update a :class:`CameraBoard` as ingest
+reports state changes and frames (from any thread); the server reads it for ``hello``/``status``,
+``/readyz``, ``/metrics``, the snapshot endpoint and evidence frames. Evidence frames are small
+JPEGs of the frames that were offered, kept per camera within a byte budget (oldest evicted
+first, counted) and found by wall time.
 """
 
 from __future__ import annotations

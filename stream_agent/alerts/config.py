@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ByteSize, ConfigDict, Field, mo
 
 from stream_agent.alerts.errors import AlertsError
 from stream_agent.alerts.rules import RuleSpec
-from stream_agent.protocol import parse_duration
+from stream_agent.durations import parse_duration
 
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 _NODE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")

@@ -29,7 +29,7 @@ from stream_agent.alerts.errors import (
     StoreError,
     UnknownRule,
 )
-from stream_agent.protocol import parse_duration
+from stream_agent.durations import parse_duration
 
 log = logging.getLogger(__name__)
 

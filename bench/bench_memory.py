@@ -43,7 +43,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -383,7 +383,7 @@ def main() -> int:
     parser.add_argument(
         "--index-ram-blocks",
         type=int,
-        default=MemoryOptions.index_ram_blocks,
+        default=next(f.default for f in fields(MemoryOptions) if f.name == "index_ram_blocks"),
         help="newest blocks per stream whose retrieval rows stay in RAM",
     )
     parser.add_argument(

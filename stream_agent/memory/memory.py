@@ -36,6 +36,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -369,6 +370,7 @@ class Memory:
             )
             suffix, offset = planner.fit_top_k(answer_pass, layout, max_new_tokens)
             rows = planner.question_rows(layout, offset)
+            began = time.perf_counter()
             request = RetrievalRequest(
                 candidates=tuple(candidates),
                 question_embeds=suffix.embeds[rows],
@@ -376,10 +378,12 @@ class Memory:
                 rows=self.tiers,
             )
             try:
+                retriever = method(request)  # reads the rows it scores (RAM, else the index)
+                rows_s = time.perf_counter() - began
                 prepared = answer_pass.prefill(
                     suffix,
                     rows,
-                    method(request),
+                    retriever,
                     max_new_tokens=max_new_tokens,
                     position_limit=self.max_positions,
                 )
@@ -389,7 +393,7 @@ class Memory:
                 log.warning("memory: %s; dropping it and retrying the question", exc)
                 self.tiers.drop_corrupt(exc.block if isinstance(exc.block, BlockMeta) else None)
                 continue
-            return answer_pass, prepared
+            return answer_pass, replace(prepared, retrieval_s=prepared.retrieval_s + rows_s)
         raise AssertionError("unreachable")
 
     def answer(

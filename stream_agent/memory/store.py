@@ -631,6 +631,14 @@ class BlockStore:
             out[index] = (kv[0], kv[1])
         return out
 
+    def row_shape(self, column: str) -> tuple[int, int]:
+        """The shape of one block's ``"rep_keys"`` or ``"sketch"`` row."""
+        if column == "rep_keys":
+            return (self.layers, self.kv_heads * self.head_dim)
+        if column == "sketch":
+            return (self.sketch_vectors, self.hidden)
+        raise ValueError(f"no retrieval column {column!r}")
+
     def read_rows(
         self, stream_id: int, column: str, block_ids: Sequence[int], *, batch: int = 512
     ) -> torch.Tensor:
@@ -638,11 +646,7 @@ class BlockStore:
         ``stream_id`` from the index, in that order: ``(n, layers, kv_heads * head_dim)`` or
         ``(n, vectors, hidden)`` in the store dtype. Read in batches of primary-key ranges, so a
         question over old blocks costs a few range scans, not one query per block."""
-        shapes = {
-            "rep_keys": (self.layers, self.kv_heads * self.head_dim),
-            "sketch": (self.sketch_vectors, self.hidden),
-        }
-        shape = shapes[column]
+        shape = self.row_shape(column)
         out = torch.empty((len(block_ids), *shape), dtype=self.dtype)
         at = 0
         for first in range(0, len(block_ids), batch):

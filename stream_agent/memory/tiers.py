@@ -312,12 +312,7 @@ class Tiers:
             parts.append(table.gather(ids))
         if parts:
             return parts[0] if len(parts) == 1 else torch.cat(parts)
-        shape = (
-            (self.layers, self.store.kv_heads * self.store.head_dim)
-            if column == "rep_keys"
-            else (self.store.sketch_vectors, self.store.hidden)
-        )
-        return torch.empty((0, *shape), dtype=self.store.dtype)
+        return torch.empty((0, *self.store.row_shape(column)), dtype=self.store.dtype)
 
     def rep_keys(self, candidates: Sequence[Candidate]) -> torch.Tensor:
         """Representative keys ``(n, layers, kv_heads * head_dim)`` of ``candidates`` (store

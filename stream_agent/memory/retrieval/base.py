@@ -66,8 +66,14 @@ class Retriever(abc.ABC):
         self.count = len(request.candidates)
         self.top_k = request.top_k
 
-    @abc.abstractmethod
     def select(self, layer: int, query: torch.Tensor) -> Picks:
         """The candidates layer ``layer`` retrieves (at most ``top_k``), given its mean
         question query folded onto the KV heads (float32 ``(kv_heads * head_dim,)``, see
         :meth:`~stream_agent.memory.runner.LayerRunner.grouped_query`)."""
+        if self.count == 0 or self.top_k == 0:
+            return Picks([], [])
+        return self.pick(layer, query)
+
+    @abc.abstractmethod
+    def pick(self, layer: int, query: torch.Tensor) -> Picks:
+        """:meth:`select` when there is something to pick (candidates and ``top_k > 0``)."""

@@ -36,7 +36,5 @@ class EmbeddingRetriever(Retriever):
         picks = self._best[count]
         return Picks(list(picks.indices), list(picks.scores))
 
-    def select(self, layer: int, query: torch.Tensor) -> Picks:
-        if self.count == 0 or self.top_k == 0:
-            return Picks([], [])
+    def pick(self, layer: int, query: torch.Tensor) -> Picks:
         return self.best(self.top_k)

@@ -23,9 +23,7 @@ class HybridRetriever(Retriever):
         self.internal = InternalRetriever(request)
         self.shared = (self.top_k + 1) // 2
 
-    def select(self, layer: int, query: torch.Tensor) -> Picks:
-        if self.count == 0 or self.top_k == 0:
-            return Picks([], [])
+    def pick(self, layer: int, query: torch.Tensor) -> Picks:
         shared = self.embedding.best(min(self.shared, self.top_k))
         own = min(self.top_k - len(shared.indices), self.count - len(shared.indices))
         rest = self.internal.best(layer, query, own, exclude=shared.indices)

@@ -35,7 +35,5 @@ class InternalRetriever(Retriever):
         top = torch.topk(scores, count)
         return Picks(top.indices.tolist(), top.values.tolist())
 
-    def select(self, layer: int, query: torch.Tensor) -> Picks:
-        if self.count == 0 or self.top_k == 0:
-            return Picks([], [])
+    def pick(self, layer: int, query: torch.Tensor) -> Picks:
         return self.best(layer, query, min(self.top_k, self.count))

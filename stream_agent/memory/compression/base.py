@@ -10,7 +10,10 @@ question's) and an :class:`AttentionProbe` of the layer before (its attention we
 rows it just ran, computed on demand), and returns which context slots the layer may see. It
 may also edit the layer's context K/V in place (the buffer is the answer's own copy; the stored
 blocks are never touched). Pruned slots keep their positions (keys are already rotated), so
-nothing is re-laid out.
+nothing is re-laid out; a hidden slot gets no attention at all (the softmax runs over the kept
+ones only), exactly as if it had been cut from the buffer, so the pass may later compact the
+buffers to save memory without changing this interface. The probe recomputes the weights
+(the library's fused attention kernels do not return them) with the layer's own modules.
 
 Hooks (one compressor instance per answer, so it may keep state across layers and steps):
 
@@ -19,27 +22,32 @@ Hooks (one compressor instance per answer, so it may keep state across layers an
 - :meth:`InContextCompressor.decode_layer`: per decoding step, per layer, before the layer runs
   the new token; its keep-set holds for that step only (on top of the prefill one).
 
-How the next issue's methods map onto it (per-layer retrieval means neighbouring layers may hold
-different blocks: a method that carries scores across layers matches blocks by
-``ContextBlock.candidate.key`` and tokens by their offset inside the block):
+How the next issue's methods map onto it. Per-layer retrieval means neighbouring layers may
+hold different blocks, so a method that scores at one layer and prunes at another carries its
+scores by block and offset (``ContextBlock.candidate.key`` plus the token's offset inside
+``ContextBlock.slots``); blocks the scoring layer did not hold are kept.
 
-- **DyCoke** (decode-time KV pruning): in ``decode_layer`` at layer ``L - 1``'s probe, take the
-  new token's attention over the visual slots (``probe.weights(rows=slice(-1, None))``,
-  mean over heads, slots of ``probe.context.blocks``), compare it (cosine) with the previous
-  step's, and when it changed (< 0.9) re-select the top ``(1 - P)`` visual slots; return that
-  keep-set for every layer ``>= L`` at this step (layers ``< L`` return None). The stored K/V
-  is never dropped, so pruned tokens can come back at later steps, as in the paper.
-- **HoliTom** (one-time merge at a middle layer ``k``): in ``prefill_layer`` at layer ``k``,
-  score the visual slots by the last suffix row's attention at layer ``k - 1``
-  (``previous.weights(rows=slice(-1, None))``), keep the top ``1 - r``, merge each dropped
-  token into its most similar kept one by averaging their keys/values in this layer's buffer
-  (``context.cache.keys``/``values``), and return the keep-set; layers after ``k`` repeat the
-  keep-set (mapped by block and offset) and the merge on their own buffers.
-- **METok** (prefill pruning at a few layers): at each pruning layer ``p``, score the visual
-  slots by the attention they receive from the question's rows at layer ``p - 1``
-  (``previous.weights(rows=previous.context.question_rows)`` averaged over rows and heads),
-  keep the per-event quota inside each block group (events = runs of ``context.blocks``), and
-  return the keep-set, narrowed further at each later pruning layer.
+- **DyCoke** (stage 2, decode-time KV pruning from layer ``L``): in ``decode_layer`` for layer
+  ``L``, ``previous`` is layer ``L - 1`` at this step; take the new token's attention over the
+  visual slots (``previous.weights()``: one row; mean over heads; the slots of
+  ``previous.context.blocks``), compare it (cosine) with the previous step's (kept on the
+  instance), re-select the top ``(1 - P)`` visual tokens when it changed (< 0.9; else keep the
+  previous selection), and return that keep-set, mapped onto each layer's slots, for every
+  layer ``>= L`` at this step (layers ``< L`` return None). The stored K/V is never dropped, so
+  pruned tokens can come back at later steps, as in the paper.
+- **HoliTom** (inner-LLM merge, once at layer ``k``): in ``prefill_layer`` for layer ``k``,
+  score the visual tokens by the last suffix row's attention at layer ``k - 1``
+  (``previous.weights(rows=slice(-1, None))``, mean over heads), keep the top ``1 - r``, merge
+  each dropped token into its most similar kept one by averaging their keys and values in
+  this layer's buffer (``context.cache.keys`` / ``values``, slots of ``context.blocks``) and
+  return the keep-set; for the layers after ``k`` repeat the keep-set (by block and offset)
+  and the merge on their own buffers. The keep-sets hold while decoding.
+- **METok** (stage 2, prefill pruning at layers ``p1 < p2 < ...``): in ``prefill_layer`` for
+  each pruning layer ``p``, score the visual tokens by the attention they receive from the
+  question's rows at layer ``p - 1`` (``previous.weights(rows=previous.context.question_rows)``
+  averaged over rows and heads), keep each event's quota (events: runs of consecutive blocks
+  in ``context.blocks``), and return the keep-set, carried to the layers up to the next
+  pruning layer and narrowed there. The keep-sets hold while decoding (METok's stage 3).
 """
 
 from __future__ import annotations

@@ -18,6 +18,21 @@ per-frame encode cost (mean of the last ``--window-avg`` frames; the first frame
 from its per-frame cost before asking for that (``--minutes 1 10 60``).
 
     .venv/bin/python bench/bench_memory.py --minutes 1 2 --window-tokens 2048
+
+``--rss`` is the resident-size check: the memory way only, at 10 and 60 minutes (unless
+``--minutes`` says otherwise), printing the resident size right after each checkpoint's
+question, the memory's own RAM (retrieval rows, RAM tier, window) and the ratio of the last to
+the first (target: within 5%). What grows with the stream is per block (the index's rows, the
+block records), not per token, and the RAM tier and the window are bounded by their budgets,
+so fewer tokens per frame, a smaller window and a RAM budget that fills before the first
+checkpoint measure the same growth in a fraction of the time. ``--mlp-width`` narrows each
+decoder layer's MLP (random weights either way): the per-frame cost drops several times (a few
+tokens per frame make the LLM's weight reads the cost), while everything the memory keeps per
+block (layers, KV heads, head dim, hidden size) stays the realistic model's; the resident size
+then has a smaller constant part, which makes the 5% test stricter, not looser:
+
+    .venv/bin/python bench/bench_memory.py --rss --tokens 4 --window-tokens 256 \
+        --ram-budget-mb 16 --no-fsync --repeats 1 --new-tokens 2 --mlp-width 256 --threads 1
 """
 
 from __future__ import annotations
@@ -32,7 +47,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +57,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from stream_agent.memory import AnswerFinal, FrameStamp, Memory, MemoryOptions  # noqa: E402
+from stream_agent.memory.heap import release_free_memory  # noqa: E402
 from stream_agent.models.base import VideoLLM  # noqa: E402
 from stream_agent.models.records import DecodeOptions, LMChunk, VisualTokens  # noqa: E402
 from stream_agent.models.testing import build_test_adapter  # noqa: E402
@@ -77,6 +93,11 @@ class Checkpoint:
     encode_ms_start: float
     encode_ms_now: float
     context_tokens: int
+    blocks: int = 0
+    index_ram_mb: float = 0.0
+    ram_tier_mb: float = 0.0
+    memory_ram_mb: float = 0.0
+    index_reads: int = 0
 
 
 class Stream:
@@ -103,10 +124,13 @@ class Stream:
         )
 
 
-def ask_memory(memory: Memory, new_tokens: int, repeats: int) -> tuple[float, float, int]:
-    """Median TTFT and answer time over ``repeats`` askings, and the context size."""
+def ask_memory(
+    memory: Memory, new_tokens: int, repeats: int
+) -> tuple[float, float, int, AnswerFinal]:
+    """Median TTFT and answer time over ``repeats`` askings, the context size, the last answer."""
     ttfts, totals = [], []
     context = 0
+    final = None
     for _ in range(repeats):
         began = time.perf_counter()
         final = None
@@ -117,7 +141,20 @@ def ask_memory(memory: Memory, new_tokens: int, repeats: int) -> tuple[float, fl
         ttfts.append(final.timings.ttft_s or 0.0)
         totals.append(time.perf_counter() - began)
         context = final.timings.context_tokens
-    return statistics.median(ttfts), statistics.median(totals), context
+    assert final is not None
+    return statistics.median(ttfts), statistics.median(totals), context, final
+
+
+def memory_figures(memory: Memory, final: AnswerFinal) -> dict[str, Any]:
+    """The memory's own RAM, by part, and the answer's index reads."""
+    index = sum(memory.tiers.index_bytes(s) for s in memory.tiers.streams.values())
+    return {
+        "blocks": sum(len(s.blocks) for s in memory.tiers.streams.values()),
+        "index_ram_mb": index / 1024**2,
+        "ram_tier_mb": memory.ram.nbytes / 1024**2,
+        "memory_ram_mb": memory.ram_bytes / 1024**2,
+        "index_reads": final.timings.index_reads,
+    }
 
 
 def run_memory(model: VideoLLM, args: argparse.Namespace, store: Path) -> list[Checkpoint]:
@@ -127,6 +164,7 @@ def run_memory(model: VideoLLM, args: argparse.Namespace, store: Path) -> list[C
         top_k=args.top_k,
         recent_blocks=args.recent_blocks,
         ram_budget_bytes=int(args.ram_budget_mb * 1024**2),
+        index_ram_blocks=args.index_ram_blocks,
         disk_budget_bytes=int(args.disk_budget_gb * 1024**3),
         fsync=not args.no_fsync,
     )
@@ -134,6 +172,26 @@ def run_memory(model: VideoLLM, args: argparse.Namespace, store: Path) -> list[C
     out: list[Checkpoint] = []
     reset_peak_rss()
     with Memory(model, options) as memory:
+
+        def ask(frames: int, start_ms: float, now_ms: float) -> None:
+            ttft, answer_s, context, final = ask_memory(memory, args.new_tokens, args.repeats)
+            extra = memory_figures(memory, final)
+            del final
+            out.append(
+                checkpoint(
+                    "memory",
+                    frames,
+                    args,
+                    start_ms,
+                    now_ms,
+                    ttft,
+                    answer_s,
+                    context,
+                    disk=memory.disk_bytes,
+                    extra=extra,
+                )
+            )
+
         feed_checkpoints(
             args,
             lambda i: memory.append_step(
@@ -142,17 +200,7 @@ def run_memory(model: VideoLLM, args: argparse.Namespace, store: Path) -> list[C
                 FrameStamp(i, i / args.fps, WALL0 + i / args.fps),
                 seconds_per_step=1 / args.fps,
             ),
-            lambda frames, start_ms, now_ms: out.append(
-                checkpoint(
-                    "memory",
-                    frames,
-                    args,
-                    start_ms,
-                    now_ms,
-                    *ask_memory(memory, args.new_tokens, args.repeats),
-                    disk=memory.disk_bytes,
-                )
-            ),
+            ask,
         )
     return out
 
@@ -191,7 +239,11 @@ def checkpoint(
     context: int,
     *,
     disk: int,
+    extra: dict[str, Any] | None = None,
 ) -> Checkpoint:
+    # the resident size right after the question (the answer freed its contexts and handed
+    # the pages back), before anything else is allocated
+    rss_now = rss_bytes() / 1024**2
     point = Checkpoint(
         way=way,
         minutes=frames / args.fps / 60,
@@ -199,11 +251,12 @@ def checkpoint(
         ttft_s=ttft,
         answer_s=answer_s,
         peak_rss_mb=rss_bytes("VmHWM") / 1024**2,
-        rss_mb=rss_bytes() / 1024**2,
+        rss_mb=rss_now,
         disk_mb=disk / 1024**2,
         encode_ms_start=start_ms,
         encode_ms_now=now_ms,
         context_tokens=context,
+        **(extra or {}),
     )
     print(
         f"  {way:9s} {point.minutes:6.2f} min: TTFT {ttft:.2f} s, RSS {point.rss_mb:.0f} MB, "
@@ -323,6 +376,23 @@ def run_reencode(model: VideoLLM, args: argparse.Namespace) -> list[Checkpoint]:
     return out
 
 
+def narrow_mlp(model: VideoLLM, width: int) -> None:
+    """Keep the first ``width`` units of every decoder layer's MLP (see the module docstring)."""
+    for layer in model.decoder.layers:
+        mlp = layer.mlp
+        for name in ("gate_proj", "up_proj"):
+            old = getattr(mlp, name)
+            new = torch.nn.Linear(old.in_features, width, bias=False, dtype=old.weight.dtype)
+            new.weight.data = old.weight.data[:width].clone()
+            setattr(mlp, name, new)
+        old = mlp.down_proj
+        new = torch.nn.Linear(width, old.out_features, bias=False, dtype=old.weight.dtype)
+        new.weight.data = old.weight.data[:, :width].clone()
+        mlp.down_proj = new
+        mlp.intermediate_size = width
+    release_free_memory()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, nargs="+", default=[1.0, 2.0])
@@ -332,6 +402,21 @@ def main() -> int:
     parser.add_argument("--top-k", type=int, default=64)
     parser.add_argument("--recent-blocks", type=int, default=4)
     parser.add_argument("--ram-budget-mb", type=float, default=2048)
+    parser.add_argument(
+        "--mlp-width", type=int, default=None, help="narrow each LLM layer's MLP (--rss runs)"
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    parser.add_argument(
+        "--index-ram-blocks",
+        type=int,
+        default=next(f.default for f in fields(MemoryOptions) if f.name == "index_ram_blocks"),
+        help="newest blocks per stream whose retrieval rows stay in RAM",
+    )
+    parser.add_argument(
+        "--rss",
+        action="store_true",
+        help="resident-size check: the memory way at 10 and 60 minutes, RSS after each question",
+    )
     parser.add_argument("--disk-budget-gb", type=float, default=20)
     parser.add_argument("--no-fsync", action="store_true")
     parser.add_argument("--new-tokens", type=int, default=4, help="answer tokens per question")
@@ -343,10 +428,20 @@ def main() -> int:
     parser.add_argument("--tiny", action="store_true", help="tiny model (validates the script)")
     parser.add_argument("--json", type=Path, default=ROOT / "bench/results/bench_memory.json")
     args = parser.parse_args()
+    if args.rss:
+        if args.minutes == parser.get_default("minutes"):
+            args.minutes = [10.0, 60.0]
+        args.ways = ["memory"]
+        if args.json == parser.get_default("json"):
+            args.json = ROOT / "bench/results/bench_memory_rss.json"
 
     torch.manual_seed(0)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     began = time.perf_counter()
     model = build_test_adapter("llava_onevision", realistic=not args.tiny, dtype="float32")
+    if args.mlp_width:
+        narrow_mlp(model, args.mlp_width)
     print(
         f"model built in {time.perf_counter() - began:.1f} s; {torch.get_num_threads()} threads; "
         f"load average {os.getloadavg()[0]:.1f}",
@@ -383,10 +478,29 @@ def main() -> int:
         )
     memory_points = [p for p in results if p.way == "memory"]
     summary: dict[str, Any] = {}
+    if args.rss and memory_points:
+        print(
+            f"\n{'min':>6s} {'blocks':>6s} {'RSS after question MB':>21s} {'index RAM MB':>12s} "
+            f"{'RAM tier MB':>11s} {'memory RAM MB':>13s} {'index reads':>11s}"
+        )
+        for p in memory_points:
+            print(
+                f"{p.minutes:6.1f} {p.blocks:6d} {p.rss_mb:21.1f} {p.index_ram_mb:12.2f} "
+                f"{p.ram_tier_mb:11.1f} {p.memory_ram_mb:13.1f} {p.index_reads:11d}"
+            )
+        first, last = memory_points[0], memory_points[-1]
+        ratio = last.rss_mb / first.rss_mb
+        summary["rss_ratio_last_vs_first"] = ratio
+        summary["rss_within_5_percent"] = abs(ratio - 1) <= 0.05
+        print(
+            f"\nRSS after the question at {last.minutes:g} min is {ratio:.4f}x the RSS at "
+            f"{first.minutes:g} min ({last.rss_mb - first.rss_mb:+.1f} MB; target within 5%: "
+            f"{'met' if summary['rss_within_5_percent'] else 'NOT met'})"
+        )
     if len(memory_points) >= 2:
         first, last = memory_points[0], memory_points[-1]
         hours = last.frames / args.fps / 3600
-        summary = {
+        summary |= {
             "ttft_ratio_last_vs_first": last.ttft_s / first.ttft_s,
             "encode_ratio_last_vs_start": last.encode_ms_now / last.encode_ms_start,
             "rss_growth_mb": last.peak_rss_mb - first.peak_rss_mb,

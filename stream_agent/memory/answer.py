@@ -4,22 +4,22 @@ The prompt suffix (the family's end-of-video tokens, the question and the openin
 assistant's turn) runs through the LLM one decoder layer at a time. At layer ``l``:
 
 1. its pre-RoPE queries of the question's rows are averaged (and folded onto the KV heads);
-2. the dot product with every candidate block's representative key (its mean pre-RoPE key at
-   layer ``l``) scores the blocks, and the ``top_k`` best are retrieved (ReKV);
+2. the question's :class:`~.retrieval.base.Retriever` picks the ``top_k`` blocks layer ``l``
+   retrieves (ReKV's internal retrieval: the dot product of that query with every candidate
+   block's mean pre-RoPE key at layer ``l``; see :mod:`~.retrieval` for the others);
 3. layer ``l``'s context is assembled: the sink, then the retrieved blocks and the stream's
    recent blocks in time order, laid out one after the other as one video (video steps
    renumbered from 0, see :mod:`~.layout`) that ends where the suffix starts, each block's
    stored keys re-rotated there;
-4. the library's decoder layer runs the suffix over that context (writing the suffix's own K/V
+4. the answer's :class:`~.compression.base.InContextCompressor` may narrow what of that context
+   the layer sees (``none``, the default, keeps all);
+5. the library's decoder layer runs the suffix over that context (writing the suffix's own K/V
    after it), giving layer ``l + 1``'s input, whose queries depend on what layer ``l`` saw.
 
 The suffix starts at the same position in every layer: after the longest selection any layer
 could lay out (the recent blocks and the ``top_k`` candidates of the largest spans). When the
 window held the whole stream and ``top_k`` covers every block, each block lands at the position
 it was encoded at, so the context equals the uncompressed prompt's.
-
-With ``"embedding"`` retrieval one selection, by max-sim of the question's input embeddings
-against the blocks' embedding sketches, serves every layer (ReKV's external retrieval).
 
 The question's K/V lives only in this answer's cache and is dropped with it; the stream's memory
 is not changed by a question.
@@ -34,9 +34,17 @@ from dataclasses import dataclass
 import torch
 
 from stream_agent.memory.cache import SlotCache, SlotLayer
+from stream_agent.memory.compression import (
+    AttentionProbe,
+    InContextCompressor,
+    LayerContext,
+    NoCompression,
+)
+from stream_agent.memory.compression.base import blocks_in_buffer
 from stream_agent.memory.errors import PositionBudgetError
 from stream_agent.memory.layout import Layouter
-from stream_agent.memory.records import BlockMeta, Evidence
+from stream_agent.memory.records import Candidate, Evidence
+from stream_agent.memory.retrieval import Retriever
 from stream_agent.memory.runner import LayerRunner
 from stream_agent.memory.window import SinkKV
 from stream_agent.models.base import decode_tokens
@@ -45,23 +53,7 @@ from stream_agent.models.records import DecodeOptions, DecodeStep, LMChunk
 #: Loads one layer of one block: ``(keys, values)`` each ``(kv_heads, tokens, head_dim)``.
 LayerLoader = Callable[["Candidate", int], tuple[torch.Tensor, torch.Tensor]]
 
-
-@dataclass(frozen=True, slots=True, eq=False)
-class Candidate:
-    """A block an answer may use, with the stream it belongs to."""
-
-    stream_id: int
-    meta: BlockMeta
-
-    @property
-    def order(self) -> tuple[float, float, int, int]:
-        """Time order across streams: wall time, then pts, stream and block id."""
-        m = self.meta
-        return (m.wall_start, m.pts_start, self.stream_id, m.block_id)
-
-    @property
-    def key(self) -> tuple[int, int]:
-        return (self.stream_id, self.meta.block_id)
+__all__ = ["AnswerPass", "Candidate", "LayerLoader", "PreparedAnswer"]
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -69,7 +61,8 @@ class PreparedAnswer:
     """The question prefilled over its retrieved context, ready to decode.
 
     ``selections[l]`` are the blocks layer ``l`` saw (time order); ``context_tokens`` the largest
-    number of cached tokens in a layer before the suffix.
+    number of cached tokens in a layer before the suffix; ``kept[l]`` the context slots the
+    compressor left layer ``l`` (None: all).
     """
 
     cache: SlotCache
@@ -80,6 +73,8 @@ class PreparedAnswer:
     context_tokens: int
     retrieval_s: float
     blocks_loaded: int
+    contexts: tuple[LayerContext | None, ...] = ()
+    kept: tuple[torch.Tensor | None, ...] = ()
 
 
 class AnswerPass:
@@ -91,24 +86,19 @@ class AnswerPass:
         sink: SinkKV,
         *,
         candidates: Sequence[Candidate],
-        candidate_keys: torch.Tensor,
         recent: Sequence[Candidate],
         top_k: int,
         loader: LayerLoader,
+        compressor: InContextCompressor | None = None,
     ) -> None:
         self.runner = runner
         self.sink = sink
         self.candidates = list(candidates)
-        self.keys = candidate_keys.float()
         self.recent = sorted(recent, key=lambda c: c.order)
         self.top_k = top_k
         self.loader = loader
+        self.compressor = compressor or NoCompression()
         self.layouter = Layouter(runner.model)
-        #: Scores of one retrieval shared by every layer (embedding retrieval), whose best
-        #: ``shared_count`` blocks every layer takes before filling ``top_k`` with its own picks
-        #: (ReKV's internal retrieval); None: internal retrieval only.
-        self.shared_scores: torch.Tensor | None = None
-        self.shared_count = 0
 
     def start_position(self) -> int:
         """Where the suffix starts: after the longest selection any layer could lay out (the
@@ -118,31 +108,6 @@ class AnswerPass:
         widest = sorted(self.candidates, key=lambda c: c.meta.span, reverse=True)[: self.top_k]
         chosen = sorted([*widest, *self.recent], key=lambda c: c.order)
         return self.layouter.lay_out([c.meta.layout for c in chosen], self.sink.tokens).end
-
-    def _select(self, layer: int, query: torch.Tensor) -> tuple[list[int], list[float]]:
-        """Indices (into the candidates) of the blocks layer ``layer`` retrieves, with the score
-        that picked each: the shared (embedding) score for the first :attr:`shared_count`, then
-        the layer's own (its mean question query . the block's mean key) for the rest."""
-        count = len(self.candidates)
-        if count == 0 or self.top_k == 0:
-            return [], []
-        picked: list[int] = []
-        values: list[float] = []
-        shared = 0 if self.shared_scores is None else min(self.shared_count, self.top_k)
-        if shared:
-            assert self.shared_scores is not None
-            top = torch.topk(self.shared_scores, min(shared, count))
-            picked += top.indices.tolist()
-            values += top.values.tolist()
-        own = min(self.top_k - len(picked), count - len(picked))
-        if own > 0:
-            scores = self.keys[:, layer] @ query.to(self.keys.device)
-            if picked:
-                scores[torch.tensor(picked)] = float("-inf")
-            top = torch.topk(scores, own)
-            picked += top.indices.tolist()
-            values += top.values.tolist()
-        return picked, values
 
     def _assemble(
         self, layer: int, chosen: Sequence[Candidate], limit: int, extra: int
@@ -187,9 +152,16 @@ class AnswerPass:
 
     @torch.no_grad()
     def prefill(
-        self, suffix: LMChunk, query_rows: slice, *, max_new_tokens: int, position_limit: int
+        self,
+        suffix: LMChunk,
+        query_rows: slice,
+        retriever: Retriever,
+        *,
+        max_new_tokens: int,
+        position_limit: int,
     ) -> PreparedAnswer:
-        """Run ``suffix`` (built at :meth:`start_position`) through every layer with retrieval."""
+        """Run ``suffix`` (built at :meth:`start_position`) through every layer, each retrieving
+        its blocks with ``retriever`` (built for this pass's candidates and ``top_k``)."""
         began = time.perf_counter()
         r = self.runner
         end_position = suffix.next_position + max_new_tokens
@@ -209,11 +181,15 @@ class AnswerPass:
         loaded: set[tuple[int, int, int]] = set()
         context_tokens = 0
         causal = torch.tril(torch.ones(rows, rows, dtype=torch.bool, device=r.device))
+        compressor = self.compressor
+        contexts: list[LayerContext | None] = []
+        kept: list[torch.Tensor | None] = []
+        previous: AttentionProbe | None = None
         for layer in range(r.num_layers):
             query = r.grouped_query(r.project(layer, r.normed(layer, hidden), "q")[:, query_rows])
-            picked, values = self._select(layer, query)
-            retrieved = [self.candidates[i] for i in picked]
-            for i, value in zip(picked, values, strict=True):
+            picks = retriever.select(layer, query)
+            retrieved = [self.candidates[i] for i in picks.indices]
+            for i, value in zip(picks.indices, picks.scores, strict=True):
                 picked_by.setdefault(self.candidates[i].key, []).append(value)
             chosen = sorted([*retrieved, *self.recent], key=lambda c: c.order)
             selections.append(tuple(chosen))
@@ -226,8 +202,29 @@ class AnswerPass:
             cache.add(slot_layer)
             visible = torch.ones(rows, context + rows, dtype=torch.bool, device=r.device)
             visible[:, context:] = causal
+            view: LayerContext | None = None
+            keep: torch.Tensor | None = None
+            if compressor.active:
+                view = LayerContext(
+                    layer=layer,
+                    step=None,
+                    cache=slot_layer,
+                    sink=slice(0, self.sink.tokens),
+                    blocks=blocks_in_buffer(chosen, recent_keys, self.sink.tokens),
+                    context_slots=context,
+                    rows=slice(context, context + rows),
+                    question_rows=query_rows,
+                )
+                keep = compressor.prefill_layer(view, previous)
+                if keep is not None:
+                    visible[:, :context] &= keep.to(visible.device)[None]
+            contexts.append(view)
+            kept.append(keep)
+            layer_input = hidden
             hidden = r.run_layer(layer, hidden, embeddings, cache, r.additive_mask(visible))
             slot_layer.written = None
+            if view is not None:
+                previous = AttentionProbe(r, view, layer_input, embeddings, visible)
         logits = r.logits(hidden)
         evidence = self._evidence(picked_by, recent_keys)
         return PreparedAnswer(
@@ -239,6 +236,8 @@ class AnswerPass:
             context_tokens=context_tokens,
             retrieval_s=time.perf_counter() - began,
             blocks_loaded=len({(s, b) for s, b, _ in loaded}),
+            contexts=tuple(contexts),
+            kept=tuple(kept),
         )
 
     def _evidence(
@@ -275,21 +274,53 @@ class AnswerPass:
         return tuple(e for _, e in out)
 
     def decode(self, prepared: PreparedAnswer, options: DecodeOptions) -> Iterator[DecodeStep]:
-        """Decode the answer over the per-layer contexts (each token appended to every layer)."""
+        """Decode the answer over the per-layer contexts (each token appended to every layer;
+        with a compressor, each layer sees what its prefill and step hooks left)."""
         r = self.runner
         cache = prepared.cache
+        compressor = self.compressor
+        steps = [0]
 
         @torch.no_grad()
         def feed(token: int, position: int) -> torch.Tensor:
             chunk = r.model.text_chunk([token], position)
             embeddings = r.position_embeddings(chunk.positions)
             hidden = chunk.embeds[None].to(device=r.device, dtype=r.dtype)
+            previous: AttentionProbe | None = None
             for layer in range(r.num_layers):
                 slot_layer = cache.layer(layer)
                 extent = slot_layer.extent
                 slot_layer.plan(slice(extent, extent + 1), extent + 1)
-                hidden = r.run_layer(layer, hidden, embeddings, cache, None)
+                mask: torch.Tensor | None = None
+                visible: torch.Tensor | None = None
+                base = prepared.contexts[layer] if prepared.contexts else None
+                view: LayerContext | None = None
+                if compressor.active and base is not None:
+                    kept = prepared.kept[layer]
+                    view = LayerContext(
+                        layer=layer,
+                        step=steps[0],
+                        cache=slot_layer,
+                        sink=base.sink,
+                        blocks=base.blocks,
+                        context_slots=base.context_slots,
+                        rows=slice(extent, extent + 1),
+                        question_rows=base.question_rows,
+                        kept=kept,
+                    )
+                    keep = compressor.decode_layer(view, previous)
+                    if kept is not None or keep is not None:
+                        visible = torch.ones(1, extent + 1, dtype=torch.bool, device=r.device)
+                        for narrowed in (kept, keep):
+                            if narrowed is not None:
+                                visible[:, : base.context_slots] &= narrowed.to(r.device)[None]
+                        mask = r.additive_mask(visible)
+                layer_input = hidden
+                hidden = r.run_layer(layer, hidden, embeddings, cache, mask)
                 slot_layer.written = None
+                if view is not None:
+                    previous = AttentionProbe(r, view, layer_input, embeddings, visible)
+            steps[0] += 1
             return r.logits(hidden)
 
         return decode_tokens(r.model, prepared.logits, prepared.next_position, options, feed)

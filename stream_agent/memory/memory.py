@@ -1,18 +1,26 @@
 """The memory of many streams: encode blocks as they arrive, answer questions from them.
 
-A :class:`Memory` owns, for one language model, the attention sink (the chat prompt's prefix,
-whose keys/values every stream and answer share), one working :class:`~.window.Window` per
-stream, the RAM tier (:class:`~.ram_cache.BlockCache`, shared) and the disk tier
-(:class:`~.store.BlockStore`: block files per stream and one SQLite index).
+A :class:`Memory` (the front) owns, for one language model, the attention sink (the chat
+prompt's prefix, whose keys/values every stream and answer share) and one working
+:class:`~.window.Window` per stream. Around it, along its seams:
+
+- :mod:`~.tiers`: the RAM tier (:class:`~.ram_cache.BlockCache`, shared), the disk tier
+  (:class:`~.store.BlockStore`: block files per stream and one SQLite index), the per-block
+  retrieval rows (newest in RAM, older paged from the index) and eviction;
+- :mod:`~.planning`: a question's scope (candidate and recent blocks), its prompt suffix, the
+  ``top_k`` that fits the model's positions, and its query rows;
+- :mod:`~.retrieval`: which blocks each layer retrieves (one module per method, chosen by
+  ``MemoryOptions.retrieval`` or per question);
+- :mod:`~.compression`: what of its context each layer attends to (``MemoryOptions.compression``);
+- :mod:`~.answer`: the layer-by-layer answer pass that uses them.
 
 Encoding a block (:meth:`Memory.append_step` for a video step, :meth:`Memory.append` for text)
 lays it out after the stream's previous block, prefills it into the stream's window, writes its
 K/V to disk (and RAM), and evicts blocks past the retention horizon or the disk budget. Answering
-(:meth:`Memory.answer`) retrieves blocks (per layer with each layer's question query, ReKV's
-way, or by embedding max-sim, see ``MemoryOptions.retrieval``) and generates over the sink, the
-retrieved blocks and the stream's recent blocks (see :mod:`~.answer`); all of them are read
-through the tiers, so an answer depends only on what is stored, and a new ``Memory`` over the
-same ``store_dir`` (after a restart) answers the same question the same way.
+(:meth:`Memory.answer`) retrieves blocks and generates over the sink, the retrieved blocks and
+the stream's recent blocks; all of them are read through the tiers, so an answer depends only on
+what is stored, and a new ``Memory`` over the same ``store_dir`` (after a restart) answers the
+same question the same way.
 
 A question names one stream, or ``None`` for all of them: then every stream's blocks compete
 in one retrieval, each stream's recent blocks are included, and the context is ordered by wall
@@ -28,23 +36,24 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
 
-from stream_agent.memory.answer import AnswerPass, Candidate, PreparedAnswer
+from stream_agent.memory.answer import AnswerPass, PreparedAnswer
+from stream_agent.memory.compression import make_compressor
 from stream_agent.memory.errors import (
     CorruptBlockError,
     KVMemoryError,
     MemoryClosedError,
     PositionBudgetError,
     QuestionError,
-    UnknownStreamError,
 )
 from stream_agent.memory.heap import release_free_memory
 from stream_agent.memory.layout import BlockLayout, step_chunk
 from stream_agent.memory.options import MemoryOptions, Retrieval
+from stream_agent.memory.planning import PROBES, Planner
 from stream_agent.memory.ram_cache import BlockCache
 from stream_agent.memory.records import (
     AnswerDelta,
@@ -52,74 +61,22 @@ from stream_agent.memory.records import (
     AnswerFinal,
     AnswerTimings,
     BlockMeta,
-    EncodedBlock,
+    Candidate,
     FrameStamp,
     StreamStatus,
     TimeRange,
 )
+from stream_agent.memory.retrieval import RetrievalRequest, retriever_class
 from stream_agent.memory.runner import LayerRunner
-from stream_agent.memory.sketch import max_sim
 from stream_agent.memory.store import BlockStore
+from stream_agent.memory.tiers import StreamState, Tiers
 from stream_agent.memory.window import SinkKV, Window
 from stream_agent.models.base import LanguageModel, VideoLLM
-from stream_agent.models.records import DecodeOptions, LMChunk, PromptLayout, VisualTokens
+from stream_agent.models.records import DecodeOptions, LMChunk, VisualTokens
 
 log = logging.getLogger(__name__)
 
-_PROBES = ("0", "1")
 _RETRIES = 3
-
-
-class RowTable:
-    """Per-block rows of a stream (representative keys ``(blocks, layers, dim)``, sketches
-    ``(blocks, vectors, hidden)``), aligned with its blocks; grows by doubling and drops from
-    the front (eviction is oldest first) without copying."""
-
-    def __init__(self, initial: torch.Tensor) -> None:
-        self._data = initial.clone()
-        self._start = 0
-        self._end = int(initial.shape[0])
-
-    def view(self) -> torch.Tensor:
-        return self._data[self._start : self._end]
-
-    def append(self, row: torch.Tensor) -> None:
-        if self._end == self._data.shape[0]:
-            live = self.view()
-            capacity = max(16, 2 * int(live.shape[0]))
-            data = torch.empty((capacity, *self._data.shape[1:]), dtype=self._data.dtype)
-            data[: live.shape[0]] = live
-            self._data, self._start, self._end = data, 0, int(live.shape[0])
-        self._data[self._end] = row
-        self._end += 1
-
-    def keep(self, rows: torch.Tensor) -> None:
-        """Keep only ``rows`` (boolean over the live rows)."""
-        live = self.view()
-        if bool(rows.all()):
-            return
-        first_kept = int(rows.float().argmax()) if bool(rows.any()) else int(rows.shape[0])
-        if bool(rows[first_kept:].all()):
-            self._start += first_kept
-            return
-        self._data = live[rows].clone()
-        self._start, self._end = 0, int(self._data.shape[0])
-
-    @property
-    def nbytes(self) -> int:
-        return self._data.numel() * self._data.element_size()
-
-
-@dataclass(slots=True)
-class _Stream:
-    name: str
-    stream_id: int
-    blocks: list[BlockMeta]
-    reps: RowTable
-    sketches: RowTable
-    next_block_id: int
-    window: Window | None = None
-    frames_encoded: int = 0
 
 
 def model_fingerprint(model: LanguageModel, runner: LayerRunner) -> dict[str, object]:
@@ -142,7 +99,13 @@ def model_fingerprint(model: LanguageModel, runner: LayerRunner) -> dict[str, ob
 
 
 class Memory:
-    """ReKV-style memory of any number of streams over one model (see the module docstring)."""
+    """ReKV-style memory of any number of streams over one model (see the module docstring).
+
+    The front: it owns the model's pieces (runner, sink) and each stream's working window, and
+    hands storage to :class:`~.tiers.Tiers`, question planning to :class:`~.planning.Planner`,
+    block choice to a :mod:`~.retrieval` method and what each layer attends to to a
+    :mod:`~.compression` method.
+    """
 
     def __init__(self, model: LanguageModel, options: MemoryOptions) -> None:
         self.model = model
@@ -151,9 +114,9 @@ class Memory:
         spec = model.lm_spec
         self.max_positions = spec.max_positions
         self.position_limit = min(options.position_limit or spec.max_positions, spec.max_positions)
-        layout = model.build_prompt(_PROBES[0], system=options.system_prompt)
+        layout = model.build_prompt(PROBES[0], system=options.system_prompt)
         self.sink = self._compute_sink(layout.prefix_ids)
-        self.store = BlockStore(
+        store = BlockStore(
             options.store_dir,
             fingerprint=model_fingerprint(model, self.runner),
             store_dtype=options.torch_store_dtype,
@@ -167,13 +130,16 @@ class Memory:
             segment_bytes=max(1, min(options.segment_bytes, options.disk_budget_bytes // 16)),
             fsync=options.fsync,
         )
-        self.ram = BlockCache(options.ram_budget_bytes)
-        self._streams: dict[str, _Stream] = {}
+        self.tiers = Tiers(
+            store,
+            options,
+            layers=spec.num_layers,
+            keep_sketches=retriever_class(options.retrieval).uses_sketches,
+        )
+        self.planner = Planner(model, options, self.tiers, max_positions=self.max_positions)
         self._closed = False
-        self._over_budget_warned = False
-        self.disk_reads = 0
-        for name in self.store.stream_names():
-            self._open_stream(name)
+        for name in store.stream_names():
+            self.tiers.open_stream(name)
         log.info(
             "memory opened in %s: %d stream(s), %d block(s), window %d tokens, top-%d",
             options.store_dir,
@@ -226,20 +192,29 @@ class Memory:
         values = torch.stack([cache.layers[i].values[0] for i in range(r.num_layers)])
         return SinkKV(tuple(prefix_ids), keys, values)
 
-    def _open_stream(self, name: str) -> _Stream:
-        loaded = self.store.open_stream(name)
-        state = _Stream(
-            name=name,
-            stream_id=loaded.stream_id,
-            blocks=list(loaded.blocks),
-            reps=RowTable(loaded.rep_keys),
-            sketches=RowTable(loaded.sketches),
-            next_block_id=loaded.next_block_id,
-        )
-        self._streams[name] = state
-        return state
+    @property
+    def store(self) -> BlockStore:
+        """The disk tier."""
+        return self.tiers.store
 
-    def _window(self, state: _Stream) -> Window:
+    @property
+    def ram(self) -> BlockCache:
+        """The RAM tier."""
+        return self.tiers.ram
+
+    @property
+    def disk_reads(self) -> int:
+        """Block layers read from disk since the memory opened."""
+        return self.tiers.disk_reads
+
+    @property
+    def _streams(self) -> dict[str, StreamState]:
+        return self.tiers.streams
+
+    def _load(self, cand: Candidate, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.tiers.load(cand, layer)
+
+    def _window(self, state: StreamState) -> Window:
         if state.window is None:
             window = Window(
                 self.runner,
@@ -249,45 +224,15 @@ class Memory:
                 sketch_vectors=self.store.sketch_vectors,
             )
             if state.blocks:
-                window.restore(self._recent_kv(state))
+                window.restore(self.tiers.recent_kv(state, self.options.window_tokens))
             state.window = window
         return state.window
-
-    def _recent_kv(self, state: _Stream) -> list[tuple[BlockLayout, torch.Tensor, torch.Tensor]]:
-        """The newest stored blocks (up to the window's size), whole, for a restarted window."""
-        picked: list[BlockMeta] = []
-        total = 0
-        for meta in reversed(state.blocks):
-            if total + meta.tokens > self.options.window_tokens:
-                break
-            picked.append(meta)
-            total += meta.tokens
-        out = []
-        for meta in reversed(picked):
-            try:
-                layers = self.store.read_layers(meta, range(self.runner.num_layers))
-            except CorruptBlockError:
-                log.warning(
-                    "memory: block %d of %r is corrupt; skipped", meta.block_id, meta.stream
-                )
-                continue
-            keys = torch.stack([layers[i][0] for i in range(self.runner.num_layers)])
-            values = torch.stack([layers[i][1] for i in range(self.runner.num_layers)])
-            out.append((meta.layout, keys, values))
-        return out
 
     # ------------------------------------------------------------------------------ streams
 
     @property
     def streams(self) -> tuple[str, ...]:
         return tuple(self._streams)
-
-    def _state(self, stream: str) -> _Stream:
-        state = self._streams.get(stream)
-        if state is None:
-            known = ", ".join(sorted(self._streams)) or "none yet"
-            raise UnknownStreamError(f"the memory has no stream {stream!r} (streams: {known})")
-        return state
 
     # ----------------------------------------------------------------------------- encoding
 
@@ -298,7 +243,7 @@ class Memory:
         after the stream's previous block. Returns the stored block's index record.
         """
         self._check_open()
-        state = self._streams.get(stream) or self._open_stream(stream)
+        state = self._streams.get(stream) or self.tiers.open_stream(stream)
         window = self._window(state)
 
         def place() -> tuple[LMChunk, BlockLayout]:
@@ -307,7 +252,7 @@ class Memory:
             return placed, BlockLayout("text", placed.positions.cpu(), placed.next_position, at)
 
         placed, layout = self._fit(window, place)
-        return self._store(state, window.encode(placed, layout), stamp)
+        return self.tiers.store_block(state, window.encode(placed, layout), stamp)
 
     def append_step(
         self,
@@ -331,7 +276,7 @@ class Memory:
         model = self.model
         if not isinstance(model, VideoLLM):
             raise KVMemoryError("append_step needs a video model; use append for text blocks")
-        state = self._streams.get(stream) or self._open_stream(stream)
+        state = self._streams.get(stream) or self.tiers.open_stream(stream)
         window = self._window(state)
         kept = None if keep is None else torch.as_tensor(keep, dtype=torch.long).cpu()
 
@@ -360,7 +305,7 @@ class Memory:
             return chunk, layout
 
         chunk, layout = self._fit(window, place)
-        return self._store(state, window.encode(chunk, layout), stamp)
+        return self.tiers.store_block(state, window.encode(chunk, layout), stamp)
 
     def _fit(
         self, window: Window, place: Callable[[], tuple[LMChunk, BlockLayout]]
@@ -385,199 +330,7 @@ class Memory:
         top = int(chunk.positions.max()) + 1 if len(chunk) else 0
         return max(top, chunk.next_position)
 
-    def _store(self, state: _Stream, encoded: EncodedBlock, stamp: FrameStamp) -> BlockMeta:
-        dtype = self.store.dtype
-        keys = encoded.keys.to("cpu", dtype)
-        values = encoded.values.to("cpu", dtype)
-        rep = encoded.rep_keys.to(dtype)
-        sketch = encoded.sketch.to(dtype)
-        meta = self.store.append(
-            state.stream_id,
-            state.next_block_id,
-            stamp,
-            layout=encoded.layout,
-            rep_keys=rep,
-            sketch=sketch,
-            keys=keys,
-            values=values,
-        )
-        state.next_block_id += 1
-        state.blocks.append(meta)
-        state.reps.append(rep)
-        state.sketches.append(sketch)
-        state.frames_encoded += 1
-        if meta.tokens:
-            for layer in range(self.runner.num_layers):
-                self.ram.put(
-                    (state.stream_id, meta.block_id, layer),
-                    keys[layer].clone(),
-                    values[layer].clone(),
-                )
-        self._evict()
-        return meta
-
-    # ----------------------------------------------------------------------------- eviction
-
-    def _protected(self, state: _Stream) -> int:
-        """How many of the newest blocks eviction must leave (the recent ones answers use)."""
-        return max(1, self.options.recent_blocks)
-
-    def _drop(self, state: _Stream, doomed: list[BlockMeta]) -> None:
-        if not doomed:
-            return
-        ids = {m.block_id for m in doomed}
-        self.store.delete(state.stream_id, doomed)
-        for meta in doomed:
-            self.ram.discard_block(state.stream_id, meta.block_id, self.runner.num_layers)
-        keep = torch.tensor([m.block_id not in ids for m in state.blocks], dtype=torch.bool)
-        state.reps.keep(keep)
-        state.sketches.keep(keep)
-        state.blocks = [m for m in state.blocks if m.block_id not in ids]
-
-    def _evict(self) -> None:
-        """Evict past the retention horizon (every stream, so that a camera gone offline ages
-        too) and down to the disk budget (oldest first, whole segment files)."""
-        newest = max((s.blocks[-1].wall_end for s in self._streams.values() if s.blocks), default=0)
-        cutoff = newest - self.options.retention_s
-        for owner in self._streams.values():
-            evictable = owner.blocks[: max(0, len(owner.blocks) - self._protected(owner))]
-            stale = []
-            for meta in evictable:
-                if meta.wall_end >= cutoff:
-                    break
-                stale.append(meta)
-            if stale:
-                self._drop(owner, stale)
-                log.info(
-                    "memory: %d block(s) of %r passed the retention horizon", len(stale), owner.name
-                )
-        budget = self.options.disk_budget_bytes
-        while self._segment_bytes() > budget:
-            victim = self._oldest_evictable()
-            if victim is None:
-                if not self._over_budget_warned:
-                    log.warning(
-                        "memory: over the disk budget, but only recent blocks and the segments "
-                        "being written are left; raise memory.disk_budget"
-                    )
-                    self._over_budget_warned = True
-                return
-            owner, meta = victim
-            segment = [
-                m
-                for m in owner.blocks[: max(0, len(owner.blocks) - self._protected(owner))]
-                if m.segment == meta.segment
-            ]
-            self._drop(owner, segment)
-
-    def _oldest_evictable(self) -> tuple[_Stream, BlockMeta] | None:
-        """The oldest block whose eviction frees its segment file: not one of the recent ones,
-        and not in the segment its stream is appending to (whose bytes stay until it rolls
-        over)."""
-        best: tuple[_Stream, BlockMeta] | None = None
-        for state in self._streams.values():
-            if len(state.blocks) <= self._protected(state):
-                continue
-            meta = state.blocks[0]
-            if meta.segment == self.store.active_segment(state.stream_id):
-                continue
-            if best is None or meta.wall_start < best[1].wall_start:
-                best = (state, meta)
-        return best
-
-    def _segment_bytes(self) -> int:
-        return sum(self.store.disk_bytes(s.stream_id) for s in self._streams.values())
-
     # ---------------------------------------------------------------------------- answering
-
-    def _load(self, cand: Candidate, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        key = (cand.stream_id, cand.meta.block_id, layer)
-        hit = self.ram.get(key)
-        if hit is not None:
-            return hit
-        keys, values = self.store.read_layers(cand.meta, [layer])[layer]
-        self.disk_reads += 1
-        self.ram.put(key, keys, values)
-        return keys, values
-
-    def _question_rows(self, layout: PromptLayout, question: str, offset: int) -> slice:
-        """The rows of the question's own tokens in the suffix chunk (``query_rows="question"``):
-        what differs between this question's suffix and probe questions' suffixes."""
-        total = offset + len(layout.suffix_ids)
-        if self.options.query_rows == "prompt":
-            return slice(0, total)
-        ids = layout.suffix_ids
-        head, tail = len(ids), len(ids)
-        for probe in _PROBES:
-            other = self.model.build_prompt(probe, system=self.options.system_prompt).suffix_ids
-            same = 0
-            while same < min(len(ids), len(other)) and ids[same] == other[same]:
-                same += 1
-            head = min(head, same)
-            same = 0
-            while same < min(len(ids), len(other)) - head and ids[-1 - same] == other[-1 - same]:
-                same += 1
-            tail = min(tail, same)
-        start, end = head, len(ids) - tail
-        if end <= start:
-            return slice(0, total)
-        return slice(offset + start, offset + end)
-
-    def _suffix(self, layout: PromptLayout, start: int) -> tuple[LMChunk, int]:
-        parts: list[LMChunk] = []
-        position = start
-        if isinstance(self.model, VideoLLM):
-            end = self.model.video_end_chunk(position)
-            if len(end):
-                parts.append(end)
-            position = end.next_position
-        offset = sum(len(p) for p in parts)
-        parts.append(self.model.text_chunk(layout.suffix_ids, position))
-        return LMChunk.concat(parts), offset
-
-    def _scope(
-        self, stream: str | None, time_range: TimeRange | None
-    ) -> tuple[list[Candidate], torch.Tensor, torch.Tensor, list[Candidate]]:
-        """The candidate blocks (with their representative keys and sketches) and the recent
-        blocks of ``stream`` (None: all streams) within ``time_range``."""
-        states = [self._state(stream)] if stream is not None else list(self._streams.values())
-        candidates: list[Candidate] = []
-        rows: list[torch.Tensor] = []
-        sketch_rows: list[torch.Tensor] = []
-        recent: list[Candidate] = []
-        since = time_range.since if time_range else None
-        until = time_range.until if time_range else None
-        for state in states:
-            filled = [i for i, m in enumerate(state.blocks) if m.tokens > 0]
-            recent_count = min(self.options.recent_blocks, len(filled))
-            newest = set(filled[len(filled) - recent_count :]) if recent_count else set()
-            picked = []
-            for i in filled:
-                meta = state.blocks[i]
-                if i in newest:
-                    recent.append(Candidate(state.stream_id, meta))
-                elif (since is None or meta.wall_end >= since) and (
-                    until is None or meta.wall_start <= until
-                ):
-                    candidates.append(Candidate(state.stream_id, meta))
-                    picked.append(i)
-            if picked:
-                index = torch.tensor(picked)
-                rows.append(state.reps.view()[index])
-                sketch_rows.append(state.sketches.view()[index])
-        r = self.runner
-        store = self.store
-        keys = (
-            torch.cat(rows)
-            if rows
-            else torch.empty(0, r.num_layers, r.kv_heads * r.head_dim, dtype=store.dtype)
-        )
-        sketches = (
-            torch.cat(sketch_rows)
-            if sketch_rows
-            else torch.empty(0, store.sketch_vectors, r.spec.hidden_size, dtype=store.dtype)
-        )
-        return candidates, keys, sketches, recent
 
     def prepare(
         self,
@@ -602,78 +355,46 @@ class Memory:
         layout = self.model.build_prompt(question, system=self.options.system_prompt)
         if layout.prefix_ids != self.sink.ids:
             raise QuestionError("the chat prompt's prefix changed with the question")
-        mode = retrieval or self.options.retrieval
+        method = retriever_class(retrieval or self.options.retrieval)
+        planner = self.planner
         for attempt in range(_RETRIES):
-            candidates, keys, sketches, recent = self._scope(stream, time_range)
+            candidates, recent = planner.scope(stream, time_range)
             answer_pass = AnswerPass(
                 self.runner,
                 self.sink,
                 candidates=candidates,
-                candidate_keys=keys,
                 recent=recent,
                 top_k=k,
-                loader=self._load,
+                loader=self.tiers.load,
+                compressor=make_compressor(self.options.compression),
             )
-            suffix, offset = self._fit_top_k(answer_pass, layout, max_new_tokens)
-            rows = self._question_rows(layout, question, offset)
-            if mode != "internal":
-                fitted = answer_pass.top_k
-                answer_pass.shared_scores = max_sim(suffix.embeds[rows], sketches)
-                answer_pass.shared_count = fitted if mode == "embedding" else (fitted + 1) // 2
+            suffix, offset = planner.fit_top_k(answer_pass, layout, max_new_tokens)
+            rows = planner.question_rows(layout, offset)
+            began = time.perf_counter()
+            request = RetrievalRequest(
+                candidates=tuple(candidates),
+                question_embeds=suffix.embeds[rows],
+                top_k=answer_pass.top_k,
+                rows=self.tiers,
+            )
             try:
+                retriever = method(request)  # reads the rows it scores (RAM, else the index)
+                rows_s = time.perf_counter() - began
                 prepared = answer_pass.prefill(
-                    suffix, rows, max_new_tokens=max_new_tokens, position_limit=self.max_positions
+                    suffix,
+                    rows,
+                    retriever,
+                    max_new_tokens=max_new_tokens,
+                    position_limit=self.max_positions,
                 )
             except CorruptBlockError as exc:
                 if attempt == _RETRIES - 1:
                     raise
                 log.warning("memory: %s; dropping it and retrying the question", exc)
-                self._drop_corrupt(exc.block if isinstance(exc.block, BlockMeta) else None)
+                self.tiers.drop_corrupt(exc.block if isinstance(exc.block, BlockMeta) else None)
                 continue
-            return answer_pass, prepared
+            return answer_pass, replace(prepared, retrieval_s=prepared.retrieval_s + rows_s)
         raise AssertionError("unreachable")
-
-    def _fit_top_k(
-        self, answer_pass: AnswerPass, layout: PromptLayout, max_new_tokens: int
-    ) -> tuple[LMChunk, int]:
-        """The question's suffix, after lowering the pass's ``top_k`` where the retrieved blocks,
-        the recent ones, the question and the answer would not fit the model's positions (wide
-        blocks, many streams): fewer blocks rather than no answer."""
-        asked = answer_pass.top_k
-        while True:
-            suffix, offset = self._suffix(layout, answer_pass.start_position())
-            fits = suffix.next_position + max_new_tokens <= self.max_positions
-            if fits or answer_pass.top_k == 0:
-                break
-            answer_pass.top_k = answer_pass.top_k * 3 // 4
-        if answer_pass.top_k < asked:
-            log.warning(
-                "memory: top_k lowered from %d to %d for this question so that its blocks fit "
-                "the model's %d positions",
-                asked,
-                answer_pass.top_k,
-                self.max_positions,
-            )
-        return suffix, offset
-
-    def _drop_corrupt(self, block: BlockMeta | None) -> None:
-        """Drop ``block``, whose stored bytes failed their checksum; without one (a segment file
-        that could not be opened), every block that fails a read."""
-        if block is not None:
-            for state in self._streams.values():
-                if state.name == block.stream:
-                    self._drop(state, [m for m in state.blocks if m.block_id == block.block_id])
-            return
-        for state in self._streams.values():
-            bad = []
-            for meta in state.blocks:
-                if meta.tokens == 0:
-                    continue
-                try:
-                    self.store.read_layers(meta, range(self.runner.num_layers))
-                except CorruptBlockError:
-                    bad.append(meta)
-            self._drop(state, bad)
 
     def answer(
         self,
@@ -694,6 +415,7 @@ class Memory:
         began = time.perf_counter()
         options = options or DecodeOptions()
         reads_before = self.disk_reads
+        index_before = self.tiers.index_reads
         answer_pass, prepared = self.prepare(
             question,
             stream=stream,
@@ -732,6 +454,7 @@ class Memory:
             context_tokens=prepared.context_tokens,
             blocks_loaded=prepared.blocks_loaded,
             disk_reads=self.disk_reads - reads_before,
+            index_reads=self.tiers.index_reads - index_before,
         )
         evidence = prepared.evidence
         del answer_pass, prepared  # the per-layer contexts: free them, then hand the pages back
@@ -752,7 +475,7 @@ class Memory:
         for state in self._streams.values():
             blocks = state.blocks
             window = state.window
-            ram = state.reps.nbytes + state.sketches.nbytes
+            ram = self.tiers.index_bytes(state)
             ram += self.ram.stream_bytes(state.stream_id)
             if window is not None:
                 ram += window.nbytes
@@ -775,14 +498,15 @@ class Memory:
     @property
     def disk_bytes(self) -> int:
         """All block files plus the index."""
-        return self._segment_bytes() + self.store.index_bytes()
+        return self.tiers.segment_bytes() + self.store.index_bytes()
 
     @property
     def ram_bytes(self) -> int:
-        """RAM held by the memory: windows, the block cache, representative keys and the sink."""
+        """RAM held by the memory: windows, the block cache, the retrieval rows kept in RAM
+        and the sink."""
         total = self.ram.nbytes + 2 * self.sink.keys.numel() * self.sink.keys.element_size()
         for state in self._streams.values():
-            total += state.reps.nbytes + state.sketches.nbytes
+            total += self.tiers.index_bytes(state)
             if state.window is not None:
                 total += state.window.nbytes
         return total

@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 import torch
 
+from stream_agent.memory.compression import COMPRESSORS
 from stream_agent.memory.errors import MemoryConfigError
+from stream_agent.memory.retrieval import RETRIEVERS
 
 #: Store dtypes by their config names.
 STORE_DTYPES: dict[str, torch.dtype] = {
@@ -53,6 +55,12 @@ class MemoryOptions:
       layer gets the same ``top_k`` blocks. ``"hybrid"``: every layer takes the embedding
       retrieval's best half of ``top_k`` (rounded up), then fills the rest with its own picks.
     - ``sketch_vectors``: embedding vectors kept per block for ``"embedding"`` retrieval.
+    - ``compression``: the in-context compression applied to each layer's assembled context
+      during the answer (:mod:`~stream_agent.memory.compression`; ``"none"``, the default,
+      leaves it whole).
+    - ``index_ram_blocks``: per stream, the newest blocks whose retrieval rows (representative
+      keys; sketches too when ``retrieval`` uses them) stay in RAM; older blocks' rows are read
+      from the SQLite index at question time, so RAM does not grow with the stream's length.
 
     Tiers (per :class:`~stream_agent.memory.memory.Memory`, shared by its streams):
 
@@ -83,6 +91,8 @@ class MemoryOptions:
     query_rows: QueryRows = "question"
     retrieval: Retrieval = "internal"
     sketch_vectors: int = 8
+    compression: str = "none"
+    index_ram_blocks: int = 512
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "store_dir", Path(self.store_dir).expanduser())
@@ -97,6 +107,7 @@ class MemoryOptions:
                 raise MemoryConfigError(f"memory.{name} must be a positive integer, got {value!r}")
         non_negative = {
             "recent_blocks": self.recent_blocks,
+            "index_ram_blocks": self.index_ram_blocks,
             "ram_budget_bytes": self.ram_budget_bytes,
             "disk_budget_bytes": self.disk_budget_bytes,
         }
@@ -120,10 +131,15 @@ class MemoryOptions:
                 f"memory.position_limit must be an integer >= 2 or unset, got "
                 f"{self.position_limit!r}"
             )
-        if self.retrieval not in ("internal", "embedding", "hybrid"):
+        if self.retrieval not in RETRIEVERS:
             raise MemoryConfigError(
                 "memory.retrieval must be 'internal', 'embedding' or 'hybrid', got "
                 f"{self.retrieval!r}"
+            )
+        if self.compression not in COMPRESSORS:
+            raise MemoryConfigError(
+                f"memory.compression must be one of {', '.join(map(repr, COMPRESSORS))}, got "
+                f"{self.compression!r}"
             )
         if self.query_rows not in ("question", "prompt"):
             raise MemoryConfigError(
@@ -146,7 +162,8 @@ class MemoryOptions:
     def from_config(cls, section: Any, **overrides: Any) -> MemoryOptions:
         """Options from the daemon config's ``memory`` section (``stream_agent.config``), which
         has ``window_tokens``, ``top_k``, ``ram_budget``, ``disk_budget``, ``store_dir``,
-        ``retention_s`` and ``retrieval``; ``overrides`` set the rest (e.g. ``system_prompt``)."""
+        ``retention_s`` and ``retrieval`` (and ``compression`` once the section has it);
+        ``overrides`` set the rest (e.g. ``system_prompt``)."""
         values: dict[str, Any] = {
             "store_dir": Path(section.store_dir),
             "window_tokens": int(section.window_tokens),
@@ -156,5 +173,7 @@ class MemoryOptions:
             "retention_s": float(section.retention_s),
             "retrieval": section.retrieval,
         }
+        if hasattr(section, "compression"):
+            values["compression"] = section.compression
         values.update(overrides)
         return cls(**values)

@@ -105,10 +105,35 @@ class Evidence:
     recent: bool
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class Candidate:
+    """A block an answer may use, with the stream it belongs to."""
+
+    stream_id: int
+    meta: BlockMeta
+
+    @property
+    def order(self) -> tuple[float, float, int, int]:
+        """Time order across streams: wall time, then pts, stream and block id."""
+        m = self.meta
+        return (m.wall_start, m.pts_start, self.stream_id, m.block_id)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.stream_id, self.meta.block_id)
+
+
 @dataclass(frozen=True, slots=True)
 class AnswerTimings:
-    """``ttft_s``: from the call to the first text; ``retrieval_s``: the question's layer pass
-    (retrieval, loading, prefill); ``tokens_per_s``: decoding rate after the first token."""
+    """The memory's figures of one answer.
+
+    ``ttft_s``: from the call to the first text; ``retrieval_s``: the question's layer pass
+    (retrieval, loading, prefill); ``tokens_per_s``: decoding rate after the first token;
+    ``total_s``: the whole answer; ``context_tokens``: the largest number of cached tokens a
+    layer saw before the question; ``blocks_loaded``: distinct blocks any layer used;
+    ``disk_reads``: block layers read from disk (RAM-tier misses); ``index_reads``: retrieval
+    rows (representative keys, sketches) of older blocks read from the index rather than RAM.
+    """
 
     ttft_s: float | None
     retrieval_s: float
@@ -117,6 +142,7 @@ class AnswerTimings:
     context_tokens: int
     blocks_loaded: int
     disk_reads: int
+    index_reads: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -94,9 +94,11 @@ _COLUMNS = (
 
 @dataclass(frozen=True, slots=True, eq=False)
 class LoadedStream:
-    """A stream as found in the store: its blocks (oldest first), their representative keys
-    ``(blocks, layers, kv_heads * head_dim)`` and embedding sketches ``(blocks, vectors,
-    hidden)`` in the store dtype, and the next block id."""
+    """A stream as found in the store: its blocks (oldest first), the representative keys
+    ``(n, layers, kv_heads * head_dim)`` and embedding sketches ``(m, vectors, hidden)`` (store
+    dtype) of its newest ``n`` and ``m`` blocks (as many as :meth:`BlockStore.open_stream` was
+    asked to load; older blocks' rows stay in the index, see :meth:`BlockStore.read_rows`), and
+    the next block id."""
 
     name: str
     stream_id: int
@@ -135,6 +137,12 @@ def _dirname(name: str, stream_id: int) -> str:
     """A safe, unique folder name for a stream (its name may hold any characters)."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[:40] or "stream"
     return f"{stream_id:04d}-{safe}"
+
+
+def _newest(items: list[bytes], count: int | None) -> list[bytes]:
+    if count is None:
+        return items
+    return items[max(0, len(items) - count) :] if count > 0 else []
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -274,8 +282,12 @@ class BlockStore:
 
     # ------------------------------------------------------------------------------- opening
 
-    def open_stream(self, name: str) -> LoadedStream:
-        """Open (creating if new) a stream: recover its files and load its index."""
+    def open_stream(
+        self, name: str, *, rep_rows: int | None = None, sketch_rows: int | None = None
+    ) -> LoadedStream:
+        """Open (creating if new) a stream: recover its files and load its index, with the
+        representative keys and sketches of its newest ``rep_rows`` / ``sketch_rows`` blocks
+        (None: all of them)."""
         row = self.db.execute("SELECT id, dirname FROM streams WHERE name = ?", (name,)).fetchone()
         if row is None:
             with self._transaction() as db:
@@ -295,7 +307,16 @@ class BlockStore:
             number = _segment_number(path)
             if number is not None:
                 files.sizes[number] = path.stat().st_size
-        metas, reps, sketches, dropped = self._recover(files)
+        metas, rep_blobs, sketch_blobs, dropped = self._recover(files)
+        reps = [
+            self._blob_tensor(b, (self.layers, self.kv_heads * self.head_dim))
+            for b in _newest(rep_blobs, rep_rows)
+        ]
+        sketches = [
+            self._blob_tensor(b, (self.sketch_vectors, self.hidden))
+            for b in _newest(sketch_blobs, sketch_rows)
+        ]
+        del rep_blobs, sketch_blobs
         max_id = self.db.execute(
             "SELECT COALESCE(MAX(block_id), 0) FROM blocks WHERE stream_id = ?", (stream_id,)
         ).fetchone()[0]
@@ -321,14 +342,14 @@ class BlockStore:
 
     def _recover(
         self, files: _StreamFiles
-    ) -> tuple[list[BlockMeta], list[torch.Tensor], list[torch.Tensor], int]:
+    ) -> tuple[list[BlockMeta], list[bytes], list[bytes], int]:
         rows = self.db.execute(
             f"SELECT {_COLUMNS} FROM blocks WHERE stream_id = ? ORDER BY block_id",
             (files.stream_id,),
         ).fetchall()
         metas: list[BlockMeta] = []
-        reps: list[torch.Tensor] = []
-        sketches: list[torch.Tensor] = []
+        reps: list[bytes] = []
+        sketches: list[bytes] = []
         bad: list[int] = []
         for row in rows:
             meta = self._meta(files.name, row)
@@ -337,8 +358,8 @@ class BlockStore:
                 bad.append(meta.block_id)
                 continue
             metas.append(meta)
-            reps.append(self._blob_tensor(row[10], (self.layers, self.kv_heads * self.head_dim)))
-            sketches.append(self._blob_tensor(row[15], (self.sketch_vectors, self.hidden)))
+            reps.append(bytes(row[10]))
+            sketches.append(bytes(row[15]))
         # the newest block is the one a crash or a copy could have cut: check all its bytes
         while metas and not self._intact(metas[-1]):
             bad.append(metas.pop().block_id)
@@ -608,6 +629,46 @@ class BlockStore:
                 )
             kv = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(self.dtype).view(shape)
             out[index] = (kv[0], kv[1])
+        return out
+
+    def row_shape(self, column: str) -> tuple[int, int]:
+        """The shape of one block's ``"rep_keys"`` or ``"sketch"`` row."""
+        if column == "rep_keys":
+            return (self.layers, self.kv_heads * self.head_dim)
+        if column == "sketch":
+            return (self.sketch_vectors, self.hidden)
+        raise ValueError(f"no retrieval column {column!r}")
+
+    def read_rows(
+        self, stream_id: int, column: str, block_ids: Sequence[int], *, batch: int = 512
+    ) -> torch.Tensor:
+        """The ``column`` (``"rep_keys"`` or ``"sketch"``) of blocks ``block_ids`` (ascending) of
+        ``stream_id`` from the index, in that order: ``(n, layers, kv_heads * head_dim)`` or
+        ``(n, vectors, hidden)`` in the store dtype. Read in batches of primary-key ranges, so a
+        question over old blocks costs a few range scans, not one query per block."""
+        shape = self.row_shape(column)
+        out = torch.empty((len(block_ids), *shape), dtype=self.dtype)
+        at = 0
+        for first in range(0, len(block_ids), batch):
+            wanted = block_ids[first : first + batch]
+            found = {
+                int(block_id): bytes(blob)
+                for block_id, blob in self.db.execute(
+                    f"SELECT block_id, {column} FROM blocks WHERE stream_id = ? "
+                    "AND block_id BETWEEN ? AND ?",
+                    (stream_id, wanted[0], wanted[-1]),
+                )
+            }
+            for block_id in wanted:
+                blob = found.get(int(block_id))
+                if blob is None:
+                    raise StoreError(
+                        f"block {block_id} of stream {stream_id} has no row in the index "
+                        f"{self.root / INDEX_FILE}; it was evicted or the index was edited"
+                    )
+                raw = torch.frombuffer(bytearray(blob), dtype=torch.uint8)
+                out[at] = raw.view(self.dtype).view(shape)
+                at += 1
         return out
 
     def _stream_id(self, name: str) -> int:

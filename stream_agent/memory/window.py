@@ -44,9 +44,15 @@ _MIN_RING = 64
 
 
 @lru_cache(maxsize=16)
-def _causal(tokens: int) -> torch.Tensor:
-    """Lower-triangular ``(tokens, tokens)`` boolean mask (new tokens see earlier new tokens)."""
+def _causal_cached(tokens: int) -> torch.Tensor:
     return torch.ones(tokens, tokens, dtype=torch.bool).tril()
+
+
+def causal_mask(tokens: int) -> torch.Tensor:
+    """Lower-triangular ``(tokens, tokens)`` boolean mask (new tokens see earlier new tokens):
+    a fresh copy of a cached one, so that a caller editing it in place cannot change the masks
+    later blocks get."""
+    return _causal_cached(tokens).clone()
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -278,7 +284,7 @@ class Window:
         tokens = len(chunk)
         cpu_slots = slots.cpu()
         mask_bool = visible[None].expand(tokens, -1).clone()
-        mask_bool[:, cpu_slots] = _causal(tokens)
+        mask_bool[:, cpu_slots] = causal_mask(tokens)
         mask = r.additive_mask(mask_bool.to(r.device))
         embeddings = r.position_embeddings(chunk.positions.to(r.device))
         hidden = chunk.embeds[None].to(device=r.device, dtype=r.dtype)

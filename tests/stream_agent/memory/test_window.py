@@ -158,3 +158,16 @@ def test_a_failed_encode_leaves_no_block_behind(
     chunk = LMChunk(frame_tokens[1].embeds, placed.positions, placed.next_position)
     expected = _library_encode(llava, memory, [(first[0], first[1])], chunk)
     torch.testing.assert_close(keys, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_cached_causal_mask_is_handed_out_as_a_copy() -> None:
+    """An in-place edit of a returned mask must not reach the next block's mask."""
+    from stream_agent.memory.window import causal_mask
+
+    first = causal_mask(5)
+    expected = first.clone()
+    first.fill_(False)
+    first[0, 4] = True
+    again = causal_mask(5)
+    assert torch.equal(again, expected)
+    assert torch.equal(again, torch.ones(5, 5, dtype=torch.bool).tril())

@@ -3,9 +3,9 @@
 One :class:`StreamCacher` per stream (or a :class:`CacherRegistry` keyed by stream id) encodes
 each frame's patch embeddings with the encoder's layer records (:mod:`cacher.layers`) and returns
 the hidden states the model's head needs plus :class:`FrameStats`. Modes: ``paper`` (the released
-STC-Cacher), ``adaptive`` (change-driven share and reference refresh), ``off``. The change gate (:mod:`cacher.gate`, numpy only) runs before
-all of it and skips frames that show nothing new. See
-:mod:`cacher.stream` for the algorithm and :mod:`cacher.config` for the knobs.
+STC-Cacher), ``adaptive`` (change-driven share and reference refresh), ``off``. The change gate
+(:mod:`cacher.gate`, numpy only) runs before all of it and skips frames that show nothing new.
+See :mod:`cacher.stream` for the algorithm and :mod:`cacher.config` for the knobs.
 """
 
 from cacher.config import (

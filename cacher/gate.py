@@ -9,12 +9,13 @@ person creeping in) accumulates until it passes -- and says :class:`GateDecision
 
 The comparison, per frame:
 
-1. ``diff = small - small_ref`` (luma, 0..255), optionally minus its median (``compensate_brightness``:
-   a global brightness shift, auto-exposure or a cloud, is not a change of the scene; the median of
-   the signed difference ignores a person covering a minority of the image);
-2. ``cell_diff`` = mean of ``|diff|`` over each cell of ``cell`` x ``cell`` small pixels (a 16x9 grid
-   by default): area averaging before the comparison already divides sensor noise by the number of
-   source pixels per small pixel, the cell mean divides it again;
+1. ``diff = small - small_ref`` (luma, 0..255), optionally minus its median
+   (``compensate_brightness``: a global brightness shift, auto-exposure or a cloud, is not a
+   change of the scene; the median of the signed difference ignores a person covering a minority
+   of the image);
+2. ``cell_diff`` = mean of ``|diff|`` over each cell of ``cell`` x ``cell`` small pixels (a 16x9
+   grid by default): area averaging before the comparison already divides sensor noise by the
+   number of source pixels per small pixel, the cell mean divides it again;
 3. a cell *changed* when ``cell_diff > cell_threshold``; the frame passes (``"changed"``) when at
    least ``max(min_cells, ceil(changed_share * cells))`` cells changed: a small person entering
    changes a few cells by tens of levels, noise changes none;

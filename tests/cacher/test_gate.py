@@ -195,7 +195,7 @@ def test_config_is_validated(fields: dict[str, object], message: str) -> None:
 
 def test_config_from_mapping_rejects_unknown_keys() -> None:
     assert gate_config_from_mapping({"cell_threshold": 8}).cell_threshold == 8
-    with pytest.raises(ConfigurationError, match="unknown gate option.*threshold"):
+    with pytest.raises(ConfigurationError, match=r"unknown gate option.*threshold"):
         gate_config_from_mapping({"threshold": 8})
     assert GateConfig().cells == 144 and GateConfig().cells_to_pass == 2
 

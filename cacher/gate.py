@@ -64,10 +64,10 @@ GateReason = Literal[
 ]
 GATE_REASONS: Final[tuple[str, ...]] = get_args(GateReason)
 
-#: ITU-R BT.601 luma weights (what a camera's Y channel holds).
-_LUMA: Final = np.array([0.299, 0.587, 0.114], dtype=np.float32)
-
 FloatArray = npt.NDArray[np.float32]
+
+#: ITU-R BT.601 luma weights (what a camera's Y channel holds).
+_LUMA: Final[FloatArray] = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
 def _check_number(name: str, value: object, *, minimum: float, open_low: bool = False) -> None:
@@ -238,7 +238,8 @@ class _StreamState:
 
 def _bins(size: int, parts: int) -> npt.NDArray[np.intp]:
     """Start indices of ``parts`` near-equal bins over ``size`` items."""
-    return np.floor(np.arange(parts) * (size / parts)).astype(np.intp)
+    starts: npt.NDArray[np.intp] = np.floor(np.arange(parts) * (size / parts)).astype(np.intp)
+    return starts
 
 
 def small_luma(frame: npt.NDArray[Any], width: int, height: int) -> FloatArray:
@@ -263,10 +264,10 @@ def small_luma(frame: npt.NDArray[Any], width: int, height: int) -> FloatArray:
     summed = np.add.reduceat(image, row_bins, axis=0, dtype=np.uint32)
     summed = np.add.reduceat(summed, col_bins, axis=1, dtype=np.uint32)
     counts = np.diff(np.append(row_bins, rows))[:, None] * np.diff(np.append(col_bins, cols))[None]
-    mean = summed.astype(np.float32) / counts[..., None].astype(np.float32)
+    mean = np.divide(summed, counts[..., None], dtype=np.float32)
     if mean.shape[2] == 1:
         return np.ascontiguousarray(mean[..., 0])
-    luma: FloatArray = mean @ _LUMA
+    luma: FloatArray = np.tensordot(mean, _LUMA, axes=([2], [0])).astype(np.float32)
     return luma
 
 

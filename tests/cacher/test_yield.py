@@ -37,8 +37,9 @@ def test_yield_point_is_called_between_groups_and_changes_nothing(
     )
     plain = StreamCacher(records, config, keep=(1, -1))
     hooked = StreamCacher(records, config, keep=(1, -1))
+    seen: list[int] = []
     for frame in _frames():
-        seen: list[int] = []
+        seen.clear()
         want = plain.encode(frame.clone())
         got = hooked.encode(frame.clone(), yield_point=lambda: seen.append(1))
         assert got.stats.kind == want.stats.kind

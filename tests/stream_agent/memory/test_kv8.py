@@ -3,6 +3,8 @@ costs the model (first-token KL on the tiny LLaVA-OneVision's cache)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -115,8 +117,9 @@ def test_a_cache_round_tripped_through_the_codec_keeps_the_next_token(
             position = chunk.next_position
         if codec == "kv8":
             for layer in cache.layers:
-                layer.keys = roundtrip(layer.keys)
-                layer.values = roundtrip(layer.values)
+                stored: Any = layer  # a DynamicLayer: .keys / .values (1, kv_heads, T, head_dim)
+                stored.keys = roundtrip(stored.keys)
+                stored.values = roundtrip(stored.values)
         logits = llava.prefill(cache, llava.text_chunk(question, position), want_logits=True)
         assert logits is not None
         results[codec] = logits

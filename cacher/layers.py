@@ -287,8 +287,12 @@ class EncoderOutput:
 
 def linear(params: AnyLinear, x: Tensor) -> Tensor:
     if isinstance(params, QuantizedLinear):
-        out: Tensor = torch.ops.quantized.linear_dynamic(x.contiguous(), params.packed, True)
-        return out
+        rows = x.contiguous()
+        flat = rows.ndim == 1  # the kernel takes (..., in) with at least one row dimension
+        out: Tensor = torch.ops.quantized.linear_dynamic(
+            rows[None] if flat else rows, params.packed, True
+        )
+        return out[0] if flat else out
     return F.linear(x, params.weight, params.bias)
 
 

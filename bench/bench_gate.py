@@ -55,13 +55,25 @@ from bench.bench_cacher import (  # noqa: E402
     sample_clip,
     token_cosines,
 )
-from cacher import CacherConfig, ChangeGate, GateConfig, StreamCacher  # noqa: E402
+from cacher import (  # noqa: E402
+    AdaptiveOptions,
+    CacherConfig,
+    ChangeGate,
+    GateConfig,
+    StreamCacher,
+)
 from cacher.gate import small_luma  # noqa: E402
 from cacher.layers import encoder_forward  # noqa: E402
 
 DEFAULT_JSON = ROOT / "bench" / "results" / "gate.json"
 Frame = npt.NDArray[np.uint8]
 THRESHOLDS = (6.0, 8.0, 12.0, 16.0, 24.0)
+#: Adaptive-cacher settings compared behind the default gate.
+CACHERS: dict[str, CacherConfig] = {
+    "adaptive": CacherConfig(),
+    "adapt_r50": CacherConfig(adaptive=AdaptiveOptions(max_ratio=0.5)),
+    "adapt_r50_age10": CacherConfig(adaptive=AdaptiveOptions(max_ratio=0.5, max_age=10)),
+}
 SHARES = (0.005, 0.01, 0.02, 0.04)
 
 
@@ -143,10 +155,12 @@ def tune(clips: dict[str, tuple[list[Frame], list[bool]]]) -> list[dict[str, Any
 
 
 @torch.no_grad()
-def encode_clip(encoder: Encoder, name: str, frames: Sequence[Frame]) -> dict[str, Any]:
+def encode_clip(
+    encoder: Encoder, name: str, frames: Sequence[Frame], config: CacherConfig
+) -> dict[str, Any]:
     gate = ChangeGate(GateConfig())
-    gated_cacher = StreamCacher(encoder.layers, CacherConfig(), keep=encoder.keep)
-    alone = StreamCacher(encoder.layers, CacherConfig(), keep=encoder.keep)
+    gated_cacher = StreamCacher(encoder.layers, config, keep=encoder.keep)
+    alone = StreamCacher(encoder.layers, config, keep=encoder.keep)
     ms: dict[str, list[float]] = {"full": [], "cacher": [], "gate+cacher": [], "gate": []}
     passed_cos: list[torch.Tensor] = []
     gated_cos: list[torch.Tensor] = []
@@ -228,8 +242,8 @@ def print_tuning(rows: list[dict[str, Any]], clips: Sequence[str]) -> None:
         )
 
 
-def print_encode(results: dict[str, Any]) -> None:
-    print("\n## Default gate + adaptive cacher (encoder time / full-encode time; cosine to full)\n")
+def print_encode(cacher: str, results: dict[str, Any]) -> None:
+    print(f"\n## Default gate + {cacher} (encoder time / full-encode time; cosine to full)\n")
     print(
         "| clip | frames | gated | passed: recomputed, kinds | cos passed | cos gated (stale) "
         "| cos all | cacher alone: ratio, cos | gate+cacher ratio | gate ms |"
@@ -260,6 +274,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--encoder", choices=sorted(BUILDERS), default="base")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-encode", action="store_true", help="only the gate tuning part")
+    p.add_argument(
+        "--cachers", default="adaptive", help=f"comma-separated, of {', '.join(CACHERS)}"
+    )
     p.add_argument("--json", type=Path, default=DEFAULT_JSON)
     return p.parse_args(argv)
 
@@ -289,12 +306,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_encode:
         encoder = BUILDERS[args.encoder](torch.device("cpu"))
         print(f"\nencoder: {encoder.description}", file=sys.stderr)
-        results = {"shared": encode_clip(encoder, "shared", shared[: args.frames])}
-        for name, (frames, _) in clips.items():
-            results[name] = encode_clip(encoder, name, frames)
-        print_encode(results)
         out["encoder"] = encoder.description
-        out["encode"] = results
+        out["encode"] = {}
+        for cacher in args.cachers.split(","):
+            config = CACHERS[cacher]
+            results = {"shared": encode_clip(encoder, "shared", shared[: args.frames], config)}
+            for name, (frames, _) in clips.items():
+                results[name] = encode_clip(encoder, name, frames, config)
+            out["encode"][cacher] = results
+        for cacher, results in out["encode"].items():
+            print_encode(cacher, results)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1, default=str))
     print(f"\nwrote {args.json}")

@@ -90,3 +90,25 @@ def test_refuses_what_it_cannot_do() -> None:
     half = build_test_adapter("llava_onevision", seed=1, dtype="float16")
     with pytest.raises(DeviceError, match="float32"):
         quantize_model(half)
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "smolvlm"])
+@torch.no_grad()
+def test_other_families_quantize_close_to_float(family: str) -> None:
+    """Qwen2-VL (fused q/k/v, rotary, per-temporal-patch masks), Qwen2.5-VL (gated MLP, RMSNorm,
+    window masks) and SmolVLM (Llama LLM)."""
+    reference = build_test_adapter(family, seed=0)
+    quantized = build_test_adapter(family, seed=0)
+    report = quantize_model(quantized)
+    assert report.vision_layers == len(reference.vision_layers) and report.llm_linears > 0
+    frames = _frames()[:2] if family.startswith("qwen") else _frames()[:1]
+    want = reference.encode_frames(frames)[0].embeds
+    got = quantized.encode_frames(frames)[0].embeds
+    assert _cos(got, want) > 0.99
+    ids = reference.tokenizer("what is on the table", add_special_tokens=False)["input_ids"]
+    logits = []
+    for model in (reference, quantized):
+        out = model.prefill(model.new_cache(), model.text_chunk(ids, 0), want_logits=True)
+        assert out is not None
+        logits.append(out)
+    assert _cos(logits[1], logits[0]) > 0.99

@@ -356,7 +356,11 @@ class ChangeGate:
         if stream_id not in self._streams and len(self._streams) >= self.config.max_streams:
             forgotten, _ = self._streams.popitem(last=False)
             self._counters = replace(self._counters, evictions=self._counters.evictions + 1)
-            log.info("change gate: forgot stream %r (more than %d streams)", forgotten, len(self))
+            log.info(
+                "change gate: forgot stream %r (more than %d streams)",
+                forgotten,
+                self.config.max_streams,
+            )
         self._streams[stream_id] = _StreamState(small=small, shape=tuple(shape), time=t)
         self._streams.move_to_end(stream_id)
         return decision

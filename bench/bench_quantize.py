@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_cacher import DEFAULT_CLIP, sample_clip  # noqa: E402
 from cacher.layers import encoder_forward  # noqa: E402
 from cacher.quantized import quantize_layers  # noqa: E402
-from stream_agent.memory.kv8 import first_token_kl, roundtrip  # noqa: E402
+from stream_agent.memory.kv8 import first_token_kl, layer_nbytes, roundtrip  # noqa: E402
 from stream_agent.models.base import LanguageModel  # noqa: E402
 from stream_agent.models.quantize import quantize_model  # noqa: E402
 
@@ -250,6 +250,21 @@ def bench_smollm(observations: int, facts: int, seed: int) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------------- disk / hour
+
+
+def disk_per_hour(
+    layers: int = 24, kv_heads: int = 2, head_dim: int = 64, tokens: int = 64, fps: float = 1.0
+) -> dict[str, float]:
+    """KV bytes an hour of blocks takes on disk (one block of ``tokens`` per frame), float16 as
+    stored today against the 8-bit codec (data + per-channel float16 scales); block headers and
+    index rows (a few hundred bytes a block) left out. Qwen2-0.5B defaults."""
+    frames = 3600 * fps
+    fp16 = layers * 2 * kv_heads * tokens * head_dim * 2
+    kv8 = layers * layer_nbytes(kv_heads, tokens, head_dim)
+    return {"float16_gb": fp16 * frames / 1e9, "kv8_gb": kv8 * frames / 1e9}
+
+
 # ------------------------------------------------------------------------------------- output
 
 
@@ -283,6 +298,11 @@ def print_tables(out: dict[str, Any]) -> None:
             f"first-token KL {m['first_token_kl']:.4f}; weights {m['weights_mb']['float32']:.0f} "
             f"-> {m['weights_mb']['int8']:.0f} MB"
         )
+    d = out["disk_per_hour"]
+    print("\n## KV on disk per hour at 1 fps, 64 tokens a frame, Qwen2-0.5B (24 x 2 x 64)\n")
+    print("| float16 | kv8 | kv8 with the shared clip's gated share (0.45) |")
+    print("|---|---|---|")
+    print(f"| {d['float16_gb']:.2f} GB | {d['kv8_gb']:.2f} GB | {d['kv8_gb'] * 0.55:.2f} GB |")
     if "smollm" in out:
         s = out["smollm"]
         print(
@@ -344,6 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             out["smollm"] = bench_smollm(args.observations, args.facts, args.seed)
         else:
             print(f"{GGUF} absent: SmolLM2 part skipped", file=sys.stderr)
+    out["disk_per_hour"] = disk_per_hour()
     print_tables(out)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1, default=str))

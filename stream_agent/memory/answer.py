@@ -80,6 +80,7 @@ class PreparedAnswer:
     context_tokens: int
     retrieval_s: float
     blocks_loaded: int
+    notes: tuple[str, ...] = ()
 
 
 class AnswerPass:

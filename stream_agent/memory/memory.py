@@ -28,7 +28,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
@@ -42,6 +42,7 @@ from stream_agent.memory.errors import (
     QuestionError,
     UnknownStreamError,
 )
+from stream_agent.memory.frames import BlockFrame, FrameStore
 from stream_agent.memory.heap import release_free_memory
 from stream_agent.memory.layout import BlockLayout, step_chunk
 from stream_agent.memory.options import MemoryOptions, Retrieval
@@ -68,6 +69,12 @@ log = logging.getLogger(__name__)
 
 _PROBES = ("0", "1")
 _RETRIES = 3
+
+NO_MOMENTS_NOTE = "no_moments"
+"""The note of an answer whose time range holds no stored video (it has no evidence)."""
+NO_MOMENTS_TEXT = (
+    "Nothing was recorded in the requested time range, so there is nothing to answer from."
+)
 
 
 class RowTable:
@@ -144,9 +151,14 @@ def model_fingerprint(model: LanguageModel, runner: LayerRunner) -> dict[str, ob
 class Memory:
     """ReKV-style memory of any number of streams over one model (see the module docstring)."""
 
-    def __init__(self, model: LanguageModel, options: MemoryOptions) -> None:
+    def __init__(
+        self, model: LanguageModel, options: MemoryOptions, *, frames: FrameStore | None = None
+    ) -> None:
         self.model = model
         self.options = options
+        #: Evidence JPEGs of the stored blocks (one per block, deleted with it, counted in the
+        #: disk budget); None keeps none.
+        self.frames = frames
         self.runner = LayerRunner(model)
         spec = model.lm_spec
         self.max_positions = spec.max_positions
@@ -174,6 +186,10 @@ class Memory:
         self.disk_reads = 0
         for name in self.store.stream_names():
             self._open_stream(name)
+        if frames is not None:  # frames whose block a crash (or an old store) left behind
+            for name in frames.streams():
+                state = self._streams.get(name)
+                frames.retain(name, [] if state is None else [m.block_id for m in state.blocks])
         log.info(
             "memory opened in %s: %d stream(s), %d block(s), window %d tokens, top-%d",
             options.store_dir,
@@ -318,14 +334,17 @@ class Memory:
         keep: torch.Tensor | Sequence[int] | None = None,
         embeds: torch.Tensor | None = None,
         seconds_per_step: float = 1.0,
+        frame: BlockFrame | None = None,
     ) -> BlockMeta:
         """Encode one video step of ``stream`` (a new stream starts on first use).
 
         ``tokens`` are the step's visual tokens; ``keep`` the rows a pruner kept (its
         ``Selection.indices``; None keeps all) and ``embeds`` their merged values when it merged;
-        ``seconds_per_step`` the time one step covers. The memory lays the step out after the
-        stream's previous one with the family's own layout (``video_step_chunk``; the step's
-        timestamp is ``stamp.pts``). Returns the stored block's index record.
+        ``seconds_per_step`` the time one step covers; ``frame`` the step's representative frame
+        (a JPEG), kept as the block's evidence frame when the memory has a frame store. The
+        memory lays the step out after the stream's previous one with the family's own layout
+        (``video_step_chunk``; the step's timestamp is ``stamp.pts``). Returns the stored
+        block's index record.
         """
         self._check_open()
         model = self.model
@@ -360,7 +379,7 @@ class Memory:
             return chunk, layout
 
         chunk, layout = self._fit(window, place)
-        return self._store(state, window.encode(chunk, layout), stamp)
+        return self._store(state, window.encode(chunk, layout), stamp, frame)
 
     def _fit(
         self, window: Window, place: Callable[[], tuple[LMChunk, BlockLayout]]
@@ -385,7 +404,13 @@ class Memory:
         top = int(chunk.positions.max()) + 1 if len(chunk) else 0
         return max(top, chunk.next_position)
 
-    def _store(self, state: _Stream, encoded: EncodedBlock, stamp: FrameStamp) -> BlockMeta:
+    def _store(
+        self,
+        state: _Stream,
+        encoded: EncodedBlock,
+        stamp: FrameStamp,
+        frame: BlockFrame | None = None,
+    ) -> BlockMeta:
         dtype = self.store.dtype
         keys = encoded.keys.to("cpu", dtype)
         values = encoded.values.to("cpu", dtype)
@@ -406,6 +431,13 @@ class Memory:
         state.reps.append(rep)
         state.sketches.append(sketch)
         state.frames_encoded += 1
+        if frame is not None and self.frames is not None and meta.tokens:
+            try:
+                self.frames.put(state.name, meta.block_id, frame)
+            except OSError as exc:  # the block is stored; only its picture is missing
+                log.warning(
+                    "memory: the evidence frame of %r could not be written: %s", state.name, exc
+                )
         if meta.tokens:
             for layer in range(self.runner.num_layers):
                 self.ram.put(
@@ -427,6 +459,8 @@ class Memory:
             return
         ids = {m.block_id for m in doomed}
         self.store.delete(state.stream_id, doomed)
+        if self.frames is not None:
+            self.frames.delete(state.name, ids)
         for meta in doomed:
             self.ram.discard_block(state.stream_id, meta.block_id, self.runner.num_layers)
         keep = torch.tensor([m.block_id not in ids for m in state.blocks], dtype=torch.bool)
@@ -486,7 +520,15 @@ class Memory:
         return best
 
     def _segment_bytes(self) -> int:
-        return sum(self.store.disk_bytes(s.stream_id) for s in self._streams.values())
+        """Bytes the disk budget covers: the block files and the blocks' evidence frames."""
+        total = sum(self.store.disk_bytes(s.stream_id) for s in self._streams.values())
+        if self.frames is not None:
+            total += sum(self.frames.stream_bytes(s.name) for s in self._streams.values())
+        return total
+
+    def _stream_disk_bytes(self, state: _Stream) -> int:
+        frames = 0 if self.frames is None else self.frames.stream_bytes(state.name)
+        return self.store.disk_bytes(state.stream_id) + frames
 
     # ---------------------------------------------------------------------------- answering
 
@@ -539,7 +581,11 @@ class Memory:
         self, stream: str | None, time_range: TimeRange | None
     ) -> tuple[list[Candidate], torch.Tensor, torch.Tensor, list[Candidate]]:
         """The candidate blocks (with their representative keys and sketches) and the recent
-        blocks of ``stream`` (None: all streams) within ``time_range``."""
+        blocks of ``stream`` (None: all streams) within ``time_range``.
+
+        Only blocks that lie wholly inside the range are used, the recent ones included: the
+        recent blocks are the newest ``recent_blocks`` of each stream *within* the range, so
+        that an answer bounded to the past neither sees nor cites anything after it."""
         states = [self._state(stream)] if stream is not None else list(self._streams.values())
         candidates: list[Candidate] = []
         rows: list[torch.Tensor] = []
@@ -548,7 +594,13 @@ class Memory:
         since = time_range.since if time_range else None
         until = time_range.until if time_range else None
         for state in states:
-            filled = [i for i, m in enumerate(state.blocks) if m.tokens > 0]
+            filled = [
+                i
+                for i, m in enumerate(state.blocks)
+                if m.tokens > 0
+                and (since is None or m.wall_start >= since)
+                and (until is None or m.wall_end <= until)
+            ]
             recent_count = min(self.options.recent_blocks, len(filled))
             newest = set(filled[len(filled) - recent_count :]) if recent_count else set()
             picked = []
@@ -556,9 +608,7 @@ class Memory:
                 meta = state.blocks[i]
                 if i in newest:
                     recent.append(Candidate(state.stream_id, meta))
-                elif (since is None or meta.wall_end >= since) and (
-                    until is None or meta.wall_start <= until
-                ):
+                else:
                     candidates.append(Candidate(state.stream_id, meta))
                     picked.append(i)
             if picked:
@@ -614,7 +664,7 @@ class Memory:
                 top_k=k,
                 loader=self._load,
             )
-            suffix, offset = self._fit_top_k(answer_pass, layout, max_new_tokens)
+            suffix, offset, notes = self._fit_top_k(answer_pass, layout, max_new_tokens)
             rows = self._question_rows(layout, question, offset)
             if mode != "internal":
                 fitted = answer_pass.top_k
@@ -630,31 +680,50 @@ class Memory:
                 log.warning("memory: %s; dropping it and retrying the question", exc)
                 self._drop_corrupt(exc.block if isinstance(exc.block, BlockMeta) else None)
                 continue
-            return answer_pass, prepared
+            return answer_pass, replace(prepared, notes=notes)
         raise AssertionError("unreachable")
 
     def _fit_top_k(
         self, answer_pass: AnswerPass, layout: PromptLayout, max_new_tokens: int
-    ) -> tuple[LMChunk, int]:
-        """The question's suffix, after lowering the pass's ``top_k`` where the retrieved blocks,
-        the recent ones, the question and the answer would not fit the model's positions (wide
-        blocks, many streams): fewer blocks rather than no answer."""
+    ) -> tuple[LMChunk, int, tuple[str, ...]]:
+        """The question's suffix, after lowering the pass's ``top_k`` (then leaving out the
+        oldest recent blocks) where the blocks, the question and the answer would not fit the
+        model's positions (wide blocks, many streams, a long question): fewer blocks rather than
+        no answer, and a note that says so. A question that does not fit even alone is refused
+        (:class:`QuestionError`, ``bad_request``)."""
         asked = answer_pass.top_k
+        recent = len(answer_pass.recent)
         while True:
             suffix, offset = self._suffix(layout, answer_pass.start_position())
-            fits = suffix.next_position + max_new_tokens <= self.max_positions
-            if fits or answer_pass.top_k == 0:
+            if suffix.next_position + max_new_tokens <= self.max_positions:
                 break
-            answer_pass.top_k = answer_pass.top_k * 3 // 4
-        if answer_pass.top_k < asked:
+            if answer_pass.top_k > 0:
+                answer_pass.top_k = answer_pass.top_k * 3 // 4
+            elif answer_pass.recent:
+                answer_pass.recent = answer_pass.recent[1:]
+            else:
+                raise QuestionError(
+                    f"the question is too long for this model: with its answer "
+                    f"({max_new_tokens} tokens) it needs {suffix.next_position + max_new_tokens} "
+                    f"positions, the model has {self.max_positions}; ask a shorter question"
+                )
+        notes: tuple[str, ...] = ()
+        if answer_pass.top_k < asked or len(answer_pass.recent) < recent:
             log.warning(
-                "memory: top_k lowered from %d to %d for this question so that its blocks fit "
-                "the model's %d positions",
+                "memory: top_k lowered from %d to %d and recent blocks from %d to %d for this "
+                "question so that its blocks fit the model's %d positions",
                 asked,
                 answer_pass.top_k,
+                recent,
+                len(answer_pass.recent),
                 self.max_positions,
             )
-        return suffix, offset
+            notes = (
+                f"fewer moments than usual fitted beside this question in the model's "
+                f"{self.max_positions} positions (retrieved {answer_pass.top_k} of {asked}, "
+                f"recent {len(answer_pass.recent)} of {recent}); a shorter question sees more",
+            )
+        return suffix, offset, notes
 
     def _drop_corrupt(self, block: BlockMeta | None) -> None:
         """Drop ``block``, whose stored bytes failed their checksum; without one (a segment file
@@ -694,6 +763,26 @@ class Memory:
         began = time.perf_counter()
         options = options or DecodeOptions()
         reads_before = self.disk_reads
+        if time_range is not None and self._range_is_empty(stream, time_range):
+            # nothing was kept in the range: say so rather than answer from other moments
+            yield AnswerDelta(NO_MOMENTS_TEXT)
+            yield AnswerFinal(
+                text=NO_MOMENTS_TEXT,
+                token_ids=(),
+                evidence=(),
+                timings=AnswerTimings(
+                    ttft_s=None,
+                    retrieval_s=0.0,
+                    tokens_per_s=None,
+                    total_s=time.perf_counter() - began,
+                    context_tokens=0,
+                    blocks_loaded=0,
+                    disk_reads=0,
+                ),
+                finish_reason="stop",
+                notes=(NO_MOMENTS_NOTE,),
+            )
+            return
         answer_pass, prepared = self.prepare(
             question,
             stream=stream,
@@ -733,7 +822,7 @@ class Memory:
             blocks_loaded=prepared.blocks_loaded,
             disk_reads=self.disk_reads - reads_before,
         )
-        evidence = prepared.evidence
+        evidence, notes = prepared.evidence, prepared.notes
         del answer_pass, prepared  # the per-layer contexts: free them, then hand the pages back
         release_free_memory()
         yield AnswerFinal(
@@ -742,7 +831,14 @@ class Memory:
             evidence=evidence,
             timings=timings,
             finish_reason=reason,
+            notes=notes,
         )
+
+    def _range_is_empty(self, stream: str | None, time_range: TimeRange) -> bool:
+        """True when ``stream`` (None: every stream) keeps no block inside ``time_range``."""
+        self._check_open()
+        candidates, _, _, recent = self._scope(stream, time_range)
+        return not candidates and not recent
 
     # ------------------------------------------------------------------------------- status
 
@@ -763,7 +859,7 @@ class Memory:
                     tokens=sum(m.tokens for m in blocks),
                     window_tokens=window.live_tokens if window is not None else 0,
                     ram_bytes=ram,
-                    disk_bytes=self.store.disk_bytes(state.stream_id),
+                    disk_bytes=self._stream_disk_bytes(state),
                     frames_encoded=state.frames_encoded,
                     oldest_wall=blocks[0].wall_start if blocks else None,
                     last_pts=blocks[-1].pts_end if blocks else None,
@@ -774,7 +870,7 @@ class Memory:
 
     @property
     def disk_bytes(self) -> int:
-        """All block files plus the index."""
+        """All block files, their evidence frames and the index."""
         return self._segment_bytes() + self.store.index_bytes()
 
     @property

@@ -26,17 +26,18 @@ _HEADER = re.compile(
     r"(?i)(\b(?:proxy-)?authorization\b(?:['\"]?\s*[:=]|['\"]\s*,)\s*['\"]?)[^\r\n'\"]+"
 )
 _SCHEME = re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[A-Za-z0-9\-._~+/=]+")
-_KEY_VALUE = re.compile(
-    r"(?i)(\\?[\"']?\b(?:token|access_token|password|passwd|secret|api_key|apikey)\b\\?[\"']?"
-    r"\s*[:=]\s*\\?[\"']?)([^\"'\\\s,&;}]+)"
-)
+_KEYS = r"\b(?:token|access_token|password|passwd|secret|api_key|apikey)\b"
+# a quoted value runs to its closing quote (a JSON "token": "a b"); a bare one to a separator
+_QUOTED_VALUE = re.compile(r"(?i)(" + _KEYS + r"\\?[\"']?\s*[:=]\s*\\?([\"']))(.*?)(\\?\2)")
+_BARE_VALUE = re.compile(r"(?i)(" + _KEYS + r"\s*[:=]\s*)([^\"'\\\s,&;}]+)")
 
 
 def redact_text(text: str, known: Redactor | None = None) -> str:
     """``text`` with every credential it carries masked (see the module docstring)."""
     text = _HEADER.sub(lambda m: m.group(1) + MASK, text)
     text = _SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
-    text = _KEY_VALUE.sub(lambda m: m.group(1) + MASK, text)
+    text = _QUOTED_VALUE.sub(lambda m: m.group(1) + MASK + m.group(4), text)
+    text = _BARE_VALUE.sub(lambda m: m.group(1) + MASK, text)
     return (known or Redactor())(text)
 
 

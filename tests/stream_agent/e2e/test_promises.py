@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosed
 
 from stream_agent.protocol import ERROR_CODES, format_wall_time
 from tests.stream_agent.e2e.daemon import (
@@ -152,6 +153,7 @@ _messages = st.one_of(
                     '{"type": "ask", "id": "x1", "question": "hi", "extra": 1}',
                     '{"type": "ask", "question": "no id"}',
                     '{"type": "nope"}',
+                    '{"type": "auth", "token": "wrong-token"}',
                     "[1, 2]",
                 ]
             ),
@@ -163,7 +165,27 @@ _counter = iter(range(10**9))
 
 
 async def _burst(daemon: DaemonProcess, messages: list[Any]) -> None:
+    wrong_auths = sum(1 for m in messages if isinstance(m, Raw) and "wrong-token" in str(m.payload))
     asked: dict[str, Ask] = {}
+    acks: dict[str, dict[str, Any]] = {}
+    terminals: dict[str, list[dict[str, Any]]] = {}
+    try:
+        await _converse(daemon, messages, asked, acks, terminals)
+    except ConnectionClosed as closed:
+        # five wrong tokens close the connection (1008), but only after every question it
+        # had accepted got its terminal message
+        assert wrong_auths >= 5, closed
+        assert closed.rcvd is not None and closed.rcvd.code == 1008, closed
+        assert set(acks) <= set(terminals), (acks, terminals)
+
+
+async def _converse(
+    daemon: DaemonProcess,
+    messages: list[Any],
+    asked: dict[str, Ask],
+    acks: dict[str, dict[str, Any]],
+    terminals: dict[str, list[dict[str, Any]]],
+) -> None:
     async with client(daemon) as ws:
         hello = await recv(ws)
         assert hello["type"] == "hello"
@@ -192,8 +214,6 @@ async def _burst(daemon: DaemonProcess, messages: list[Any]) -> None:
         probe = f"probe{next(_counter)}"
         await send(ws, {"type": "status", "id": probe})
 
-        acks: dict[str, dict[str, Any]] = {}
-        terminals: dict[str, list[dict[str, Any]]] = {}
         refused: set[str] = set()
         probed = False
         deadline = time.monotonic() + 120
@@ -255,7 +275,7 @@ def _check_bounds(ack: dict[str, Any], answer: dict[str, Any]) -> None:
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(messages=st.lists(_messages, min_size=1, max_size=7))
+@given(messages=st.lists(_messages, min_size=1, max_size=8))
 def test_every_accepted_question_ends_once_within_its_bounds(
     daemon: DaemonProcess, messages: list[Any]
 ) -> None:

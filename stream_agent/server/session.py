@@ -143,6 +143,13 @@ class Session:
                 except TimeoutError:
                     await self._disconnect_slow()
                     return
+                except ConnectionClosed:
+                    raise
+                except Exception:  # never die silently: later answers would vanish unsent
+                    log.exception("client %s: a message could not be sent; closing", self.number)
+                    self._closing = True
+                    self._close_task = asyncio.create_task(self._close(1011, "server error"))
+                    return
                 finally:
                     self._queue.task_done()
 

@@ -38,7 +38,7 @@ def thumbnail_jpeg(
     image: npt.NDArray[np.uint8], *, max_side: int = FRAME_MAX_SIDE, quality: int = FRAME_QUALITY
 ) -> bytes:
     """RGB ``uint8`` (H, W, 3) -> JPEG bytes, downscaled so the longer side is ``max_side``."""
-    picture = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
+    picture = Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
     if max(picture.size) > max_side:
         picture.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
     out = io.BytesIO()

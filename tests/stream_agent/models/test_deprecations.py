@@ -1,6 +1,6 @@
 """Our calls into transformers use its current argument names, and the suite notices a new
 deprecation: pyproject's ``filterwarnings`` turns transformers' deprecated-argument
-``FutureWarning`` (and any deprecation warning attributed to our modules) into an error."""
+``FutureWarning`` (and any deprecation warning raised from transformers' code) into an error."""
 
 from __future__ import annotations
 

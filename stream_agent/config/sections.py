@@ -221,8 +221,40 @@ class MemoryConfig(_Section):
     all layers; hybrid: half of top_k by embedding, the rest per layer."""
 
 
+class RayPlacementConfig(_Section):
+    """Engines as actors on a Ray cluster (``pip install stream-agent[ray]``)."""
+
+    address: str | None = None
+    """The cluster to join (``ray://host:10001`` or ``host:6379``); None starts a local one."""
+    engines: int = Field(default=2, ge=1, le=4096)
+    num_gpus: float = Field(default=0.0, ge=0)
+    """GPUs per engine actor (1 for one model per GPU; 0.5 puts two engines on a GPU)."""
+    num_cpus: float = Field(default=1.0, gt=0)
+    flush_interval_s: Seconds = Field(default=30.0, gt=0)
+    """How often every engine writes its memories to the shared store: at most this much of a
+    camera's memory is lost when its engine dies."""
+    health_interval_s: Seconds = Field(default=1.0, gt=0)
+    """How often the front checks its engines (and refreshes their status)."""
+
+
+def _placement_kind(value: object) -> object:
+    return {"kind": value} if isinstance(value, str) else value
+
+
+class PlacementConfig(_Section):
+    """Where the engines run: ``local`` (one thread here; no Ray) or ``ray``."""
+
+    kind: Literal["local", "ray"] = "local"
+    ray: RayPlacementConfig = Field(default_factory=RayPlacementConfig)
+
+
 class EngineConfig(_Section):
     """The engine thread's bounded queues and what happens when they are full."""
+
+    placement: Annotated[PlacementConfig, BeforeValidator(_placement_kind)] = Field(
+        default_factory=PlacementConfig
+    )
+    """``local`` (the default) or ``{kind: ray, ray: {...}}`` (see docs/placement.md)."""
 
     frame_queue_per_camera: int = Field(default=8, ge=1)
     frame_overflow: Literal["drop_oldest", "drop_newest"] = "drop_oldest"

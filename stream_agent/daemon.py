@@ -28,6 +28,7 @@ import logging
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from stream_agent.cameras import CameraBoard
 from stream_agent.config import DaemonConfig, Secrets
@@ -76,7 +77,16 @@ class Daemon:
             model_name=config.model.source,
             frames=self.frames,
         )
-        self.engine = Engine(self.worker, config.engine, metrics=self.metrics)
+        if config.engine.placement.kind == "ray":
+            # engines on a Ray cluster (docs/placement.md); Ray is imported only here
+            from stream_agent.placement.ray_group import RayEngineGroup
+
+            group = RayEngineGroup(config, metrics=self.metrics)
+            self._opened = group.opened
+            self.engine = cast(Engine, group)  # the same methods; the server sees no difference
+        else:
+            self.engine = Engine(self.worker, config.engine, metrics=self.metrics)
+            self._opened = self.worker.opened
         self.server = StreamAgentServer(
             s,
             engine=self.engine,
@@ -108,7 +118,7 @@ class Daemon:
         try:
             await self.server.start()
             # shielded: a SIGTERM while the model loads must not cancel the worker's own future
-            await asyncio.shield(asyncio.wrap_future(self.worker.opened))
+            await asyncio.shield(asyncio.wrap_future(self._opened))
         except BaseException:
             await self._stop_core(drain_s=0.0, mode="cancel")
             raise

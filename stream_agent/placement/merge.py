@@ -38,9 +38,16 @@ def pick(candidates: Sequence[Candidate], *, max_evidence: int = 64) -> Candidat
     if not candidates:
         raise ValueError("no answer to pick from")
     lead = max(candidates, key=lambda c: best_score(c.evidence))
-    moments = sorted(
-        (m for c in candidates for m in c.evidence), key=lambda m: (-m.score, m.camera)
-    )
+
+    def order(m: Moment) -> tuple[float, str, float]:
+        return (-m.score, m.camera, m.start_pts)
+
+    # every camera's best moment first (so that each camera with something is shown), then
+    # the rest by score
+    firsts = {c.source: min(c.evidence, key=order) for c in candidates if c.evidence}
+    chosen = set(map(id, firsts.values()))
+    rest = [m for c in candidates for m in c.evidence if id(m) not in chosen]
+    moments = sorted(firsts.values(), key=order) + sorted(rest, key=order)
     notes = tuple(dict.fromkeys(n for c in candidates for n in c.notes))
     if len(candidates) > 1:
         others = ", ".join(c.source for c in candidates if c is not lead)

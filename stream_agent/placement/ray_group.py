@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 
 CANCEL_POLL_S = 0.05
 READY_TIMEOUT_S = 600.0
+NAMESPACE = "stream-agent"
+"""The Ray namespace of the engine actors (named ``engine-0`` ...: ``ray.get_actor``)."""
 
 
 def camera_loads(config: DaemonConfig) -> list[CameraLoad]:
@@ -142,14 +144,19 @@ class RayEngineGroup:
             self._started_ray = address is None
         names = [f"engine-{i}" for i in range(self._ray.engines)]
         owner = assign(self._loads, names)
-        remote = ray.remote(EngineActor).options(
-            num_cpus=self._ray.num_cpus, num_gpus=self._ray.num_gpus, max_restarts=0
-        )
+        remote = ray.remote(EngineActor)
         with self._lock:
             self._owner = owner
             for name in names:
                 cams = tuple(c for c, e in owner.items() if e == name)
-                self._engines[name] = _Engine(name, remote.remote(name, self._config, cams))
+                handle = remote.options(
+                    name=name,
+                    namespace=NAMESPACE,
+                    num_cpus=self._ray.num_cpus,
+                    num_gpus=self._ray.num_gpus,
+                    max_restarts=0,
+                ).remote(name, self._config, cams)
+                self._engines[name] = _Engine(name, handle)
         log.info(
             "ray placement: %d engines; %s",
             len(names),

@@ -123,14 +123,20 @@ class RayEngineGroup:
             return
         self.opened.set_result(None)
         last_flush = time.monotonic()
+        flushing: concurrent.futures.Future[None] | None = None
         while not self._stop.wait(self._ray.health_interval_s):
-            self._check()
-            if time.monotonic() - last_flush >= self._ray.flush_interval_s:
+            try:
+                self._check()
+            except Exception:  # keep checking: a failed move is retried at the next check
+                log.exception("ray placement: the health check failed")
+            # a flush waits behind the engines' questions: never let it hold up the checks
+            if flushing is not None and flushing.done():
+                if flushing.exception() is not None:
+                    log.warning("ray placement: a periodic flush failed: %s", flushing.exception())
+                flushing = None
+            if flushing is None and time.monotonic() - last_flush >= self._ray.flush_interval_s:
                 last_flush = time.monotonic()
-                try:
-                    self.flush().result()
-                except Exception as exc:
-                    log.warning("ray placement: a periodic flush failed: %s", exc)
+                flushing = self.flush()
 
     def _connect(self) -> None:
         if not ray.is_initialized():
@@ -141,7 +147,7 @@ class RayEngineGroup:
                 log_to_driver=False,
                 configure_logging=False,
             )
-            self._started_ray = address is None
+            self._started_ray = True  # ours to shut down (the cluster itself stays if joined)
         names = [f"engine-{i}" for i in range(self._ray.engines)]
         owner = assign(self._loads, names)
         remote = ray.remote(EngineActor)
@@ -212,6 +218,9 @@ class RayEngineGroup:
             log.info("ray placement: camera %s moved to %s", camera, engine_id)
         self.moves += len(moved)
         self.last_move_s = time.monotonic() - started
+        for engine_id in set(moved.values()):  # their status shows the moved cameras now
+            engine = self._engines[engine_id]
+            engine.status = ray.get(engine.handle.snapshot.remote())
 
     def kill_engine(self, engine_id: str) -> None:
         """Kill one engine actor (as a crash would); the health check moves its cameras."""

@@ -44,10 +44,10 @@ def pick(candidates: Sequence[Candidate], *, max_evidence: int = 64) -> Candidat
 
     # every camera's best moment first (so that each camera with something is shown), then
     # the rest by score
-    firsts = {c.source: min(c.evidence, key=order) for c in candidates if c.evidence}
-    chosen = set(map(id, firsts.values()))
+    firsts = [min(c.evidence, key=order) for c in candidates if c.evidence]
+    chosen = set(map(id, firsts))
     rest = [m for c in candidates for m in c.evidence if id(m) not in chosen]
-    moments = sorted(firsts.values(), key=order) + sorted(rest, key=order)
+    moments = sorted(firsts, key=order) + sorted(rest, key=order)
     notes = tuple(dict.fromkeys(n for c in candidates for n in c.notes))
     if len(candidates) > 1:
         others = ", ".join(c.source for c in candidates if c is not lead)

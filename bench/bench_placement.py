@@ -189,7 +189,8 @@ def main() -> None:
         print(f"{key:24}{value:10.3f}")
     for name, t in wire.items():
         print(
-            f"frame {name}: raw {t['raw_bytes'] / 1e6:.2f} MB pickled in {t['raw_pickle_ms']:.2f} ms; "
+            f"frame {name}: raw {t['raw_bytes'] / 1e6:.2f} MB, "
+            f"pickled in {t['raw_pickle_ms']:.2f} ms; "
             f"JPEG {t['jpeg_bytes'] / 1e3:.0f} kB, encode {t['jpeg_encode_ms']:.1f} ms, "
             f"decode {t['jpeg_decode_ms']:.1f} ms"
         )

@@ -48,7 +48,7 @@ def test_only_the_ray_modules_import_ray() -> None:
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
                 names = [node.module]
-            if any(n == "ray" or n.startswith("ray.") for n in names):
-                if path.name not in RAY_MODULES:
-                    offenders.append(str(path.relative_to(ROOT)))
+            ray = any(n == "ray" or n.startswith("ray.") for n in names)
+            if ray and path.name not in RAY_MODULES:
+                offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []

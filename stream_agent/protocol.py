@@ -333,9 +333,11 @@ class CameraInfo:
     cacher_reuse_share: float | None = None
     pruner_kept_share: float | None = None
     lag_s: float | None = None
+    placement: tuple[str, str] | None = None
+    """(engine, node) owning the camera, on a Ray placement only (docs/placement.md)."""
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "name": self.name,
             "state": self.state,
             "reason": self.reason,
@@ -354,10 +356,14 @@ class CameraInfo:
             },
             "lag_s": self.lag_s,
         }
+        if self.placement is not None:
+            wire["placement"] = {"engine": self.placement[0], "node": self.placement[1]}
+        return wire
 
     @classmethod
     def from_wire(cls, obj: Mapping[str, Any]) -> CameraInfo:
         memory = obj.get("memory") or {}
+        placed = obj.get("placement")
         compression = obj.get("compression") or {}
         return cls(
             name=str(obj["name"]),
@@ -373,6 +379,7 @@ class CameraInfo:
             cacher_reuse_share=compression.get("cacher_reuse_share"),
             pruner_kept_share=compression.get("pruner_kept_share"),
             lag_s=obj.get("lag_s"),
+            placement=None if not placed else (str(placed["engine"]), str(placed["node"])),
         )
 
 

@@ -461,6 +461,8 @@ class Session:
 
     def _camera_infos(self, *, with_memory: bool) -> tuple[CameraInfo, ...]:
         status = self._ctx.engine.snapshot() if with_memory else None
+        placement_of = getattr(self._ctx.engine, "placement", None)  # Ray placement only
+        placed = {p.camera: (p.engine, p.node) for p in placement_of()} if placement_of else {}
         infos = []
         for view in self._ctx.cameras.views():
             memory = status.worker.camera(view.name) if status is not None else None
@@ -484,6 +486,7 @@ class Session:
                     cacher_reuse_share=None if memory is None else memory.cacher_reuse_share,
                     pruner_kept_share=None if memory is None else memory.pruner_kept_share,
                     lag_s=None if status is None else status.frame_lag_s.get(view.name),
+                    placement=placed.get(view.name) if status is not None else None,
                 )
             )
         return tuple(infos)

@@ -55,6 +55,14 @@ export class SystemPanel {
       const mqtt = status.mqtt;
       rows.push(["MQTT", typeof mqtt === "object" ? (mqtt.state ?? JSON.stringify(mqtt)) : mqtt]);
     }
+    const placed = (status.cameras ?? []).filter((camera) => camera.placement);
+    if (placed.length) {
+      // engine.placement: ray: which engine owns each camera's memory
+      rows.push([
+        "Placement",
+        placed.map((camera) => `${camera.name} on ${camera.placement.engine}`).join(", "),
+      ]);
+    }
     this.facts.replaceChildren(
       ...rows.flatMap(([term, value]) => [el("dt", { text: term }), el("dd", { text: value })]),
     );

@@ -117,6 +117,10 @@ async def test_two_engines_three_cameras_move_and_restart(
                 await wait_for_blocks(ws, camera, 2)
             placed = await placement_now(daemon)
             assert set(placed) == set(CAMERAS)
+            reply = await status(ws, "placed")
+            for c in CAMERAS:
+                engine, node = placed[c]
+                assert camera_status(reply, c)["placement"] == {"engine": engine, "node": node}
             engines = {e for e, _ in placed.values()}
             assert engines == {"engine-0", "engine-1"}
             assert len({n for _, n in placed.values()}) == 2  # one engine on each node

@@ -193,12 +193,24 @@ class RayEngineGroup:
         engines = [e for e in self._engines.values() if e.alive]
         refs = [e.handle.snapshot.remote() for e in engines]
         dead: list[_Engine] = []
+        # A slow answer is not a death: only an actor Ray reports dead has its cameras moved
+        # (an engine busy past the wait keeps its last status until the next check).
+        if not engines:
+            return
+        wait = max(5.0, 5 * self._ray.health_interval_s)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait)
+        landed = set(ready)
         for engine, ref in zip(engines, refs, strict=True):
+            if ref not in landed:
+                log.debug("ray placement: engine %s is slow to report its status", engine.id)
+                continue
             try:
-                engine.status = ray.get(ref, timeout=max(5.0, 5 * self._ray.health_interval_s))
-            except (RayError, TimeoutError) as exc:
+                engine.status = ray.get(ref)
+            except RayActorError as exc:
                 log.error("ray placement: engine %s is gone (%s)", engine.id, type(exc).__name__)
                 dead.append(engine)
+            except RayError as exc:
+                log.warning("ray placement: engine %s status failed: %s", engine.id, exc)
         if dead:
             self._move_from(dead)
 

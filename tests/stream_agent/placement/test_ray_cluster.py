@@ -190,3 +190,59 @@ async def test_two_engines_three_cameras_move_and_restart(
     finally:
         daemon.close()
         rtsp.close()
+
+
+async def test_a_cancelled_question_ends_cancelled_and_an_all_cameras_question_merges(
+    cluster: Cluster, tmp_path: Path, tiny_llava: Path
+) -> None:
+    """The front in this process (no WebSocket): cancelling a long answer on its engine ends it
+    with ``cancelled``; asking all cameras gets evidence from both engines."""
+    from ingest.records import Frame
+    from stream_agent.config import DaemonConfig
+    from stream_agent.engine import Final, Question, question_received_now
+    from stream_agent.placement.ray_group import RayEngineGroup
+    from tests.stream_agent.pipeline.test_worker import image
+
+    config = DaemonConfig.model_validate(
+        {
+            "cameras": [{"name": c, "path": "unused.mp4"} for c in ("a", "b")],
+            "model": {"path": str(tiny_llava), "device": "cpu", "max_new_tokens": 4000},
+            "pruner": {"tokens_per_frame": 8},
+            "memory": {"store_dir": str(tmp_path / "memory")},
+            "engine": {
+                "placement": {
+                    "kind": "ray",
+                    "ray": {"address": cluster.address, "engines": 2, "health_interval_s": 0.2},
+                }
+            },
+        }
+    )
+    group = RayEngineGroup(config)
+    group.start()
+    try:
+        import asyncio
+
+        await asyncio.wrap_future(group.opened)
+        now = time.time()
+        for i in range(4):
+            for camera in ("a", "b"):
+                group.submit_frame(Frame(camera, i, float(i), now + i, image(i)))
+        deadline = time.monotonic() + 60
+        while not all(group.snapshot().frames_encoded.get(c, 0) >= 4 for c in ("a", "b")):
+            assert time.monotonic() < deadline, group.snapshot()
+            await asyncio.sleep(0.1)
+        stream = group.ask(
+            Question("long", "Tell a long story.", "a", received_at=question_received_now())
+        )
+        await asyncio.sleep(0.5)
+        stream.cancel()
+        _, final = await stream.collect()
+        assert isinstance(final, Final) and final.finish_reason == "cancelled", final
+        assert final.tokens < 4000
+        _, merged = await group.ask(
+            Question("all", "What moves?", None, received_at=question_received_now())
+        ).collect()
+        assert isinstance(merged, Final), merged
+        assert {m.camera for m in merged.evidence} == {"a", "b"}
+    finally:
+        await group.aclose()

@@ -30,6 +30,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from stream_agent.answers import AnswerTimings
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SECONDS_BUCKETS: Final = (
@@ -47,6 +49,7 @@ DEFAULT_SECONDS_BUCKETS: Final = (
     60.0,
 )
 RATE_BUCKETS: Final = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0)
+COUNT_BUCKETS: Final = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
 
 LabelValues = tuple[str, ...]
 
@@ -401,6 +404,19 @@ class DaemonMetrics:
             "Decoding rate of answers after the first token",
             buckets=RATE_BUCKETS,
         )
+        self.answer_retrieval = r.histogram(
+            "stream_agent_answer_retrieval_seconds",
+            "Time of an answer's retrieval pass (choosing and loading blocks, prefill)",
+        )
+        self.answer_blocks_loaded = r.histogram(
+            "stream_agent_answer_blocks_loaded",
+            "Memory blocks an answer's context was built from",
+            buckets=COUNT_BUCKETS,
+        )
+        self.answer_disk_reads = r.counter(
+            "stream_agent_answer_disk_reads_total",
+            "Block layers answers read from disk (misses of the memory's RAM tier)",
+        )
         self.answer_deltas_coalesced = r.counter(
             "stream_agent_answer_deltas_coalesced_total",
             "Text deltas merged into the previous one because the event loop fell behind",
@@ -429,3 +445,17 @@ class DaemonMetrics:
             "Kept evidence frames evicted to stay within the byte budget",
             ("camera",),
         )
+
+    def observe_answer(self, outcome: str, timings: AnswerTimings) -> None:
+        """Count a finished answer and observe its figures (those its worker measured)."""
+        self.answers.inc(outcome=outcome)
+        if timings.ttft_s is not None:
+            self.answer_ttft.observe(timings.ttft_s)
+        if timings.tokens_per_s is not None:
+            self.answer_tokens_per_s.observe(timings.tokens_per_s)
+        if timings.retrieval_s is not None:
+            self.answer_retrieval.observe(timings.retrieval_s)
+        if timings.blocks_loaded is not None:
+            self.answer_blocks_loaded.observe(timings.blocks_loaded)
+        if timings.disk_reads:
+            self.answer_disk_reads.inc(timings.disk_reads)

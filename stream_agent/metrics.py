@@ -49,7 +49,6 @@ DEFAULT_SECONDS_BUCKETS: Final = (
     60.0,
 )
 RATE_BUCKETS: Final = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0)
-COUNT_BUCKETS: Final = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0)
 
 LabelValues = tuple[str, ...]
 
@@ -408,10 +407,9 @@ class DaemonMetrics:
             "stream_agent_answer_retrieval_seconds",
             "Time of an answer's retrieval pass (choosing and loading blocks, prefill)",
         )
-        self.answer_blocks_loaded = r.histogram(
-            "stream_agent_answer_blocks_loaded",
-            "Memory blocks an answer's context was built from",
-            buckets=COUNT_BUCKETS,
+        self.answer_blocks_loaded = r.counter(
+            "stream_agent_answer_blocks_loaded_total",
+            "Memory blocks answers' contexts were built from (summed over answers)",
         )
         self.answer_disk_reads = r.counter(
             "stream_agent_answer_disk_reads_total",
@@ -455,7 +453,7 @@ class DaemonMetrics:
             self.answer_tokens_per_s.observe(timings.tokens_per_s)
         if timings.retrieval_s is not None:
             self.answer_retrieval.observe(timings.retrieval_s)
-        if timings.blocks_loaded is not None:
-            self.answer_blocks_loaded.observe(timings.blocks_loaded)
+        if timings.blocks_loaded:
+            self.answer_blocks_loaded.inc(timings.blocks_loaded)
         if timings.disk_reads:
             self.answer_disk_reads.inc(timings.disk_reads)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 
 import pytest
 
 from stream_agent.config import EngineConfig
 from stream_agent.engine import (
+    AnswerEvent,
     AnswerFailed,
     AnswerFinal,
     Engine,
@@ -285,3 +287,39 @@ async def test_engine_metrics_render_queue_depth_and_memory(
     assert sample(text, "stream_agent_memory_blocks", camera="dock") == 1
     assert sample(text, "stream_agent_pruner_kept_ratio", camera="dock") == 0.25
     assert sample(text, "stream_agent_model_ready") == 1
+
+
+class _MemoryFiguresWorker(FakeWorker):
+    """A fake whose finals carry a memory's figures, as the real worker's do."""
+
+    def answer(self, question: Question, cancel: threading.Event) -> Iterator[AnswerEvent]:
+        for event in super().answer(question, cancel):
+            if isinstance(event, AnswerFinal):
+                figures = replace(
+                    event.timings,
+                    retrieval_s=0.25,
+                    context_tokens=96,
+                    blocks_loaded=3,
+                    disk_reads=2,
+                )
+                event = replace(event, timings=figures)
+            yield event
+
+
+async def test_the_workers_figures_are_delivered_and_counted_with_the_wait_added(
+    make_engine: Callable[..., tuple[Engine, FakeWorker]], metrics: DaemonMetrics
+) -> None:
+    engine, _ = make_engine(_MemoryFiguresWorker())
+    engine.submit_frame(make_frame("dock", 0, wall=1000.0))
+    await _until(lambda: engine.snapshot().queued_frames == 0)
+    # received five seconds ago: the engine adds that wait, and only that, to what it delivers
+    question = Question("q", "What happened?", received_at=question_received_now() - 5.0)
+    _, final = await engine.ask(question).collect()
+    assert isinstance(final, AnswerFinal) and final.finish_reason == "stop"
+    t = final.timings
+    assert (t.retrieval_s, t.context_tokens, t.blocks_loaded, t.disk_reads) == (0.25, 96, 3, 2)
+    assert t.ttft_s is not None and t.total_s >= t.ttft_s >= t.queue_s >= 5.0
+    assert t.total_s - t.queue_s < 5.0  # the worker's own time is not counted as waiting
+    assert metrics.answer_retrieval.count() == 1
+    assert metrics.answer_blocks_loaded.value() == 3 and metrics.answer_disk_reads.value() == 2
+    assert metrics.answer_ttft.count() == 1

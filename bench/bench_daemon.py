@@ -52,7 +52,7 @@ import torch
 from ingest import IngestOptions, probe_source_sync
 from stream_agent.cameras import CameraBoard
 from stream_agent.config import DaemonConfig
-from stream_agent.engine import Engine, Final, Question, question_received_now
+from stream_agent.engine import AnswerFinal, Engine, Question, question_received_now
 from stream_agent.models import DecodeOptions, VideoLLM
 from stream_agent.models.testing import build_test_adapter
 from stream_agent.pipeline import CameraFeed, ModelWorker
@@ -127,7 +127,7 @@ class Run:
         }
 
 
-async def ask(engine: Engine, index: int) -> Final:
+async def ask(engine: Engine, index: int) -> AnswerFinal:
     question = Question(
         request_id=f"q{index}",
         text=QUESTIONS[index % len(QUESTIONS)],
@@ -135,7 +135,7 @@ async def ask(engine: Engine, index: int) -> Final:
         received_at=question_received_now(),
     )
     _text, final = await engine.ask(question).collect()
-    if not isinstance(final, Final):
+    if not isinstance(final, AnswerFinal):
         raise RuntimeError(f"question {index} failed: {final}")
     return final
 
@@ -144,10 +144,10 @@ async def live(run: Run, fps: float, seconds: float, questions: int) -> dict[str
     """Replay the clip live at ``fps`` for ``seconds``; sample the lag; ask ``questions``."""
     task = asyncio.create_task(run.feed(IngestOptions(fps=fps, loop=True)).run())
     lags: list[float] = []
-    finals: list[Final] = []
+    finals: list[AnswerFinal] = []
     began = time.monotonic()
     ask_at = [seconds * (i + 1) / (questions + 1) for i in range(questions)]
-    pending: asyncio.Task[Final] | None = None
+    pending: asyncio.Task[AnswerFinal] | None = None
     try:
         while time.monotonic() - began < seconds:
             await asyncio.sleep(0.25)
@@ -168,7 +168,7 @@ async def live(run: Run, fps: float, seconds: float, questions: int) -> dict[str
     encoded, dropped = run.counts()
     ttfts = [t for t in (first_token_s(f) for f in finals) if t is not None]
     return {
-        "answer_s": [f.total_s for f in finals],
+        "answer_s": [f.timings.total_s for f in finals],
         "answer_tokens": [f.tokens for f in finals],
         "fps": fps,
         "seconds": seconds,
@@ -178,17 +178,17 @@ async def live(run: Run, fps: float, seconds: float, questions: int) -> dict[str
         "lag_max_s": max(lags) if lags else None,
         "ttft_s": ttfts,
         "ttft_median_s": statistics.median(ttfts) if ttfts else None,
-        "answer_tokens_per_s": [f.tokens_per_s for f in finals],
+        "answer_tokens_per_s": [f.timings.tokens_per_s for f in finals],
     }
 
 
-def first_token_s(final: Final) -> float | None:
+def first_token_s(final: AnswerFinal) -> float | None:
     """Receipt to the first token: the engine's TTFT where the answer has text; for a one-token
     answer without text (random weights often pick tokens that decode to nothing) its whole
     time, which is the same span."""
-    if final.ttft_s is not None:
-        return final.ttft_s
-    return final.total_s if final.tokens == 1 else None
+    if final.timings.ttft_s is not None:
+        return final.timings.ttft_s
+    return final.timings.total_s if final.tokens == 1 else None
 
 
 async def saturation(run: Run, sample_fps: float, seconds: float) -> dict[str, Any]:

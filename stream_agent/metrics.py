@@ -30,6 +30,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from stream_agent.answers import AnswerTimings
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SECONDS_BUCKETS: Final = (
@@ -401,6 +403,18 @@ class DaemonMetrics:
             "Decoding rate of answers after the first token",
             buckets=RATE_BUCKETS,
         )
+        self.answer_retrieval = r.histogram(
+            "stream_agent_answer_retrieval_seconds",
+            "Time of an answer's retrieval pass (choosing and loading blocks, prefill)",
+        )
+        self.answer_blocks_loaded = r.counter(
+            "stream_agent_answer_blocks_loaded_total",
+            "Memory blocks answers' contexts were built from (summed over answers)",
+        )
+        self.answer_disk_reads = r.counter(
+            "stream_agent_answer_disk_reads_total",
+            "Block layers answers read from disk (misses of the memory's RAM tier)",
+        )
         self.answer_deltas_coalesced = r.counter(
             "stream_agent_answer_deltas_coalesced_total",
             "Text deltas merged into the previous one because the event loop fell behind",
@@ -429,3 +443,17 @@ class DaemonMetrics:
             "Kept evidence frames evicted to stay within the byte budget",
             ("camera",),
         )
+
+    def observe_answer(self, outcome: str, timings: AnswerTimings) -> None:
+        """Count a finished answer and observe its figures (those its worker measured)."""
+        self.answers.inc(outcome=outcome)
+        if timings.ttft_s is not None:
+            self.answer_ttft.observe(timings.ttft_s)
+        if timings.tokens_per_s is not None:
+            self.answer_tokens_per_s.observe(timings.tokens_per_s)
+        if timings.retrieval_s is not None:
+            self.answer_retrieval.observe(timings.retrieval_s)
+        if timings.blocks_loaded:
+            self.answer_blocks_loaded.inc(timings.blocks_loaded)
+        if timings.disk_reads:
+            self.answer_disk_reads.inc(timings.disk_reads)

@@ -506,12 +506,22 @@ class Timings:
     """``ttft_ms``: from receipt of the question to its first token (None when no token).
 
     ``tokens_per_s``: decoding rate after the first token (None with fewer than two tokens).
+    The optional figures (None where the server does not know them): ``queue_ms`` from receipt
+    until the model began the answer; ``retrieval_ms`` the memory's retrieval pass (choosing
+    and loading blocks, reading the question); ``context_tokens`` the most cached tokens a
+    layer attended to before the question; ``blocks_loaded`` the distinct memory blocks the
+    context was built from; ``disk_reads`` block layers read from disk rather than RAM.
     """
 
     ttft_ms: float | None
     tokens_per_s: float | None
     total_ms: float
     tokens: int
+    queue_ms: float | None = None
+    retrieval_ms: float | None = None
+    context_tokens: int | None = None
+    blocks_loaded: int | None = None
+    disk_reads: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -519,6 +529,11 @@ class Timings:
             "tokens_per_s": _round(self.tokens_per_s),
             "total_ms": _round(self.total_ms),
             "tokens": self.tokens,
+            "queue_ms": _round(self.queue_ms),
+            "retrieval_ms": _round(self.retrieval_ms),
+            "context_tokens": self.context_tokens,
+            "blocks_loaded": self.blocks_loaded,
+            "disk_reads": self.disk_reads,
         }
 
     @classmethod
@@ -528,7 +543,16 @@ class Timings:
             tokens_per_s=obj.get("tokens_per_s"),
             total_ms=float(obj.get("total_ms", 0.0)),
             tokens=int(obj.get("tokens", 0)),
+            queue_ms=obj.get("queue_ms"),
+            retrieval_ms=obj.get("retrieval_ms"),
+            context_tokens=_count(obj.get("context_tokens")),
+            blocks_loaded=_count(obj.get("blocks_loaded")),
+            disk_reads=_count(obj.get("disk_reads")),
         )
+
+
+def _count(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _round(value: float | None) -> float | None:

@@ -15,8 +15,16 @@ import concurrent.futures
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Literal
 
+from stream_agent.answers import (
+    AnswerDelta,
+    AnswerFailed,
+    AnswerFinal,
+    AnswerTimings,
+    FailureCode,
+)
 from stream_agent.config import EngineConfig
 from stream_agent.engine.errors import EngineBusy, EngineStopped
 from stream_agent.engine.queue import (
@@ -27,15 +35,10 @@ from stream_agent.engine.queue import (
     WorkQueue,
 )
 from stream_agent.engine.records import (
-    AnswerDone,
-    Delta,
     EngineStatus,
-    Failed,
-    Final,
     FrameBatch,
     FrameLike,
     Question,
-    TextDelta,
     WorkerStatus,
 )
 from stream_agent.engine.stream import AnswerStream
@@ -46,7 +49,6 @@ from stream_agent.metrics import DaemonMetrics
 log = logging.getLogger(__name__)
 
 ShutdownMode = Literal["finish", "cancel"]
-FailureCode = Literal["internal", "busy", "bad_request", "unknown_camera"]
 _REFUSAL_CODES: dict[str, FailureCode] = {
     "bad_request": "bad_request",
     "unknown_camera": "unknown_camera",
@@ -357,25 +359,27 @@ class Engine:
     def _generate(self, item: QuestionItem) -> None:
         question = item.question
         parts: list[str] = []
-        first_at: float | None = None
-        done: AnswerDone | None = None
+        final: AnswerFinal | None = None
         try:
             events = self._worker.answer(question, item.cancel)
             try:
+                overdue = False
                 for event in events:
-                    if isinstance(event, TextDelta):
+                    if isinstance(event, AnswerDelta):
                         if event.text:
-                            if first_at is None:
-                                first_at = time.monotonic()
                             parts.append(event.text)
-                            item.deliver(Delta(event.text))
-                    elif isinstance(event, AnswerDone):
-                        done = event
+                            item.deliver(event)
+                    elif isinstance(event, AnswerFinal):
+                        final = event
                         break
                     else:
                         raise TypeError(f"the worker yielded {type(event).__name__}")
                     if item.cancel.is_set():
-                        break
+                        # the worker ends with its cancelled final at its next event; one
+                        # that does not is cut off
+                        if overdue:
+                            break
+                        overdue = True
             finally:
                 close = getattr(events, "close", None)
                 if callable(close):
@@ -389,35 +393,27 @@ class Engine:
                 log.info("engine: question %s refused (%s): %s", question.request_id, code, exc)
                 self._fail(item, str(exc), code=code)
             return
-        end = time.monotonic()
-        cancelled = done is None and item.cancel.is_set()
-        tokens = done.tokens if done is not None and done.tokens else len(parts)
-        ttft = None if first_at is None else max(0.0, first_at - question.received_at)
-        rate = None
-        if first_at is not None and tokens >= 2 and end > first_at:
-            rate = (tokens - 1) / (end - first_at)
-        reason: Literal["stop", "length", "cancelled"] = (
-            "cancelled" if cancelled else (done.finish_reason if done is not None else "stop")
-        )
+        if final is None:  # the worker stopped without its final (cut off, or it broke off)
+            final = AnswerFinal(
+                text="".join(parts),
+                evidence=(),
+                tokens=len(parts),
+                finish_reason="cancelled" if item.cancel.is_set() else "stop",
+                timings=AnswerTimings(ttft_s=None, tokens_per_s=None, total_s=0.0),
+            )
+        self._deliver_final(item, final)
+
+    def _deliver_final(self, item: QuestionItem, final: AnswerFinal) -> None:
+        """Deliver the worker's final, its timings counted from receipt: the engine adds the
+        time the question waited before the worker's clock started (and nothing else)."""
+        waited = time.monotonic() - item.question.received_at - final.timings.total_s
+        timings = final.timings.after_wait(waited)
+        evidence = () if final.finish_reason == "cancelled" else final.evidence
+        final = replace(final, evidence=evidence, timings=timings)
         # Count before delivering, so that whoever sees the answer also sees it counted.
         if self._metrics is not None:
-            self._metrics.answers.inc(outcome=reason)
-            if ttft is not None:
-                self._metrics.answer_ttft.observe(ttft)
-            if rate is not None:
-                self._metrics.answer_tokens_per_s.observe(rate)
-        item.deliver(
-            Final(
-                text="".join(parts),
-                evidence=done.evidence if done is not None else (),
-                tokens=tokens,
-                finish_reason=reason,
-                ttft_s=ttft,
-                tokens_per_s=rate,
-                total_s=max(0.0, end - question.received_at),
-                notes=done.notes if done is not None else (),
-            )
-        )
+            self._metrics.observe_answer(final.finish_reason, timings)
+        item.deliver(final)
 
     def _finish_unanswered(self, item: QuestionItem, failure: str | None) -> None:
         """End a question that never reached the worker: cancelled, or failed with a reason."""
@@ -426,15 +422,16 @@ class Engine:
             return
         if self._metrics is not None:
             self._metrics.answers.inc(outcome="cancelled")
+        waited = max(0.0, time.monotonic() - item.question.received_at)
         item.deliver(
-            Final(
+            AnswerFinal(
                 text="",
                 evidence=(),
                 tokens=0,
                 finish_reason="cancelled",
-                ttft_s=None,
-                tokens_per_s=None,
-                total_s=max(0.0, time.monotonic() - item.question.received_at),
+                timings=AnswerTimings(ttft_s=None, tokens_per_s=None, total_s=0.0).after_wait(
+                    waited
+                ),
             )
         )
         with self._lock:
@@ -443,7 +440,7 @@ class Engine:
     def _fail(self, item: QuestionItem, message: str, code: FailureCode = "internal") -> None:
         if self._metrics is not None:
             self._metrics.answers.inc(outcome="failed")
-        item.deliver(Failed(code=code, message=message))
+        item.deliver(AnswerFailed(code=code, message=message))
         with self._lock:
             self._live.pop(id(item), None)
 

@@ -32,10 +32,12 @@ class Worker(Protocol):
         ...
 
     def answer(self, question: Question, cancel: threading.Event) -> Iterator[AnswerEvent]:
-        """Stream the answer: ``TextDelta``s, then one ``AnswerDone`` with the evidence.
+        """Stream the answer: ``AnswerDelta``s, then one ``AnswerFinal`` with the evidence
+        (best first) and the timings measured from the call.
 
-        Check ``cancel`` between tokens and stop early when it is set (the engine also stops
-        reading the iterator and closes it). Raising fails only this question: a
+        Check ``cancel`` between tokens and, when it is set, end early with an ``AnswerFinal``
+        whose ``finish_reason`` is ``cancelled`` (the engine reads on until that final, then
+        closes the iterator). Raising fails only this question: a
         ``StreamAgentError`` whose ``code`` is ``bad_request``, ``unknown_camera`` or ``busy``
         reaches the client with that code and its message (the question was refused as asked),
         anything else as ``internal``.

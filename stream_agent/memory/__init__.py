@@ -11,6 +11,7 @@ reloads what was stored. Settings are one :class:`MemoryOptions` record. This pa
 
 from __future__ import annotations
 
+from stream_agent.answers import AnswerDelta, AnswerEvent, AnswerFinal, AnswerTimings, Moment
 from stream_agent.memory.chunks import text_chunk
 from stream_agent.memory.errors import (
     CorruptBlockError,
@@ -26,12 +27,7 @@ from stream_agent.memory.errors import (
 from stream_agent.memory.memory import Memory
 from stream_agent.memory.options import MemoryOptions
 from stream_agent.memory.records import (
-    AnswerDelta,
-    AnswerEvent,
-    AnswerFinal,
-    AnswerTimings,
     BlockMeta,
-    Evidence,
     FrameStamp,
     StreamStatus,
     TimeRange,
@@ -44,13 +40,13 @@ __all__ = [
     "AnswerTimings",
     "BlockMeta",
     "CorruptBlockError",
-    "Evidence",
     "FrameStamp",
     "KVMemoryError",
     "Memory",
     "MemoryClosedError",
     "MemoryConfigError",
     "MemoryOptions",
+    "Moment",
     "PositionBudgetError",
     "QuestionError",
     "StoreError",

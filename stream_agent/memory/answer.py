@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from stream_agent.answers import Moment, best_first
 from stream_agent.memory.cache import SlotCache, SlotLayer
 from stream_agent.memory.compression import (
     AttentionProbe,
@@ -43,7 +44,7 @@ from stream_agent.memory.compression import (
 from stream_agent.memory.compression.base import blocks_in_buffer
 from stream_agent.memory.errors import PositionBudgetError
 from stream_agent.memory.layout import Layouter
-from stream_agent.memory.records import Candidate, Evidence
+from stream_agent.memory.records import Candidate
 from stream_agent.memory.retrieval import Retriever
 from stream_agent.memory.runner import LayerRunner
 from stream_agent.memory.window import SinkKV
@@ -60,6 +61,7 @@ __all__ = ["AnswerPass", "Candidate", "LayerLoader", "PreparedAnswer"]
 class PreparedAnswer:
     """The question prefilled over its retrieved context, ready to decode.
 
+    ``evidence`` are the blocks any layer saw, as the answer cites them (best first);
     ``selections[l]`` are the blocks layer ``l`` saw (time order); ``context_tokens`` the largest
     number of cached tokens in a layer before the suffix; ``kept[l]`` the context slots the
     compressor left layer ``l`` (None: all).
@@ -68,7 +70,7 @@ class PreparedAnswer:
     cache: SlotCache
     logits: torch.Tensor
     next_position: int
-    evidence: tuple[Evidence, ...]
+    evidence: tuple[Moment, ...]
     selections: tuple[tuple[Candidate, ...], ...]
     context_tokens: int
     retrieval_s: float
@@ -243,9 +245,11 @@ class AnswerPass:
 
     def _evidence(
         self, picked_by: dict[tuple[int, int], list[float]], recent_keys: set[tuple[int, int]]
-    ) -> tuple[Evidence, ...]:
+    ) -> tuple[Moment, ...]:
+        """The blocks the layers saw as the answer's moments, best first (stream names are
+        the cameras')."""
         layers = self.runner.num_layers
-        out: list[tuple[tuple[float, float, int, int], Evidence]] = []
+        out: list[tuple[tuple[float, float, int, int], Moment]] = []
         for cand in [*self.candidates, *self.recent]:
             m = cand.meta
             if cand.key in recent_keys:
@@ -255,24 +259,20 @@ class AnswerPass:
                 score, relevance = len(hits) / layers, sum(hits) / len(hits)
             else:
                 continue
-            out.append(
-                (
-                    cand.order,
-                    Evidence(
-                        stream=m.stream,
-                        seq=m.seq,
-                        pts_start=m.pts_start,
-                        pts_end=m.pts_end,
-                        wall_start=m.wall_start,
-                        wall_end=m.wall_end,
-                        score=score,
-                        relevance=relevance,
-                        recent=cand.key in recent_keys,
-                    ),
-                )
+            moment = Moment(
+                camera=m.stream,
+                start_pts=m.pts_start,
+                end_pts=m.pts_end,
+                start_wall=m.wall_start,
+                end_wall=m.wall_end,
+                score=score,
+                relevance=relevance,
+                recent=cand.key in recent_keys,
+                seq=m.seq,
             )
-        out.sort(key=lambda pair: pair[0])
-        return tuple(e for _, e in out)
+            out.append((cand.order, moment))
+        out.sort(key=lambda pair: pair[0])  # ties in rank stay in time order
+        return best_first(moment for _, moment in out)
 
     def decode(self, prepared: PreparedAnswer, options: DecodeOptions) -> Iterator[DecodeStep]:
         """Decode the answer over the per-layer contexts (each token appended to every layer;

@@ -41,6 +41,7 @@ from typing import Any, Literal
 
 import torch
 
+from stream_agent.answers import AnswerDelta, AnswerEvent, AnswerFinal, AnswerTimings
 from stream_agent.memory.answer import AnswerPass, PreparedAnswer
 from stream_agent.memory.compression import make_compressor
 from stream_agent.memory.errors import (
@@ -57,10 +58,6 @@ from stream_agent.memory.options import MemoryOptions, Retrieval
 from stream_agent.memory.planning import PROBES, Planner
 from stream_agent.memory.ram_cache import BlockCache
 from stream_agent.memory.records import (
-    AnswerDelta,
-    AnswerEvent,
-    AnswerFinal,
-    AnswerTimings,
     BlockMeta,
     Candidate,
     FrameStamp,
@@ -428,8 +425,11 @@ class Memory:
     ) -> Iterator[AnswerEvent]:
         """Answer ``question`` from ``stream`` (None: all streams) within ``time_range``.
 
-        Yields :class:`AnswerDelta` text pieces, then one :class:`AnswerFinal` with the whole
-        text, the evidence and the timings. ``cancel`` is checked between tokens.
+        Yields :class:`~stream_agent.answers.AnswerDelta` text pieces, then one
+        :class:`~stream_agent.answers.AnswerFinal` with the whole text, the token ids, the
+        evidence (best first; the streams' names are the cameras') and the timings (from this
+        call). ``cancel`` is checked between tokens: once it is set, the final follows at once,
+        with ``finish_reason`` ``cancelled``.
         """
         began = time.perf_counter()
         options = options or DecodeOptions()
@@ -440,18 +440,19 @@ class Memory:
             yield AnswerDelta(NO_MOMENTS_TEXT)
             yield AnswerFinal(
                 text=NO_MOMENTS_TEXT,
-                token_ids=(),
                 evidence=(),
+                tokens=0,
+                finish_reason="stop",
                 timings=AnswerTimings(
                     ttft_s=None,
-                    retrieval_s=0.0,
                     tokens_per_s=None,
                     total_s=time.perf_counter() - began,
+                    retrieval_s=0.0,
                     context_tokens=0,
                     blocks_loaded=0,
                     disk_reads=0,
+                    index_reads=0,
                 ),
-                finish_reason="stop",
                 notes=(NO_MOMENTS_NOTE,),
             )
             return
@@ -485,25 +486,28 @@ class Memory:
                 break
         generated = len(token_ids)
         rate = (generated - 1) / (last - first) if first is not None and last > first else None
+        evidence, notes = prepared.evidence, prepared.notes
+        retrieval_s, context_tokens = prepared.retrieval_s, prepared.context_tokens
+        blocks_loaded = prepared.blocks_loaded
+        del answer_pass, prepared  # the per-layer contexts: free them, then hand the pages back
+        release_free_memory()
         timings = AnswerTimings(
             ttft_s=None if first is None else first - began,
-            retrieval_s=prepared.retrieval_s,
             tokens_per_s=rate,
             total_s=time.perf_counter() - began,
-            context_tokens=prepared.context_tokens,
-            blocks_loaded=prepared.blocks_loaded,
+            retrieval_s=retrieval_s,
+            context_tokens=context_tokens,
+            blocks_loaded=blocks_loaded,
             disk_reads=self.disk_reads - reads_before,
             index_reads=self.tiers.index_reads - index_before,
         )
-        evidence, notes = prepared.evidence, prepared.notes
-        del answer_pass, prepared  # the per-layer contexts: free them, then hand the pages back
-        release_free_memory()
         yield AnswerFinal(
             text="".join(text),
-            token_ids=tuple(token_ids),
             evidence=evidence,
-            timings=timings,
+            tokens=generated,
             finish_reason=reason,
+            timings=timings,
+            token_ids=tuple(token_ids),
             notes=notes,
         )
 

@@ -3,36 +3,26 @@
 Everything the pipeline needs of them goes through the small functions and classes here: the
 daemon config's sections mapped onto each stage's own settings, one camera's vision chain
 (preprocess -> patch embedding -> STC-Cacher -> the family's head -> pruner -> memory chunks), and
-the memory's answers mapped onto the engine's records. Their APIs are young; when one changes,
-this module is what changes with it.
+the memory's answers (already the shared records of :mod:`stream_agent.answers`). Their APIs
+are young; when one changes, this module is what changes with it.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
 import cacher
 import pruner
+from stream_agent.answers import AnswerEvent
 from stream_agent.config import CacherConfig, PrunerConfig
-from stream_agent.engine.records import (
-    AnswerDone,
-    AnswerEvent,
-    FrameLike,
-    Moment,
-    TextDelta,
-)
+from stream_agent.engine.records import FrameLike
 from stream_agent.errors import ConfigError
 from stream_agent.memory import (
-    AnswerDelta,
-    AnswerFinal,
-    Evidence,
     FrameStamp,
     Memory,
     MemoryOptions,
@@ -317,57 +307,14 @@ def answer_events(
     options: DecodeOptions,
     cancel: threading.Event,
 ) -> Iterator[AnswerEvent]:
-    """The memory's answer as engine events: ``TextDelta``s, then one ``AnswerDone`` with the
-    evidence best first. A cancelled answer just ends (the engine reports the cancel)."""
+    """The memory's answer to ``text`` over ``camera`` (None: all) within ``since``/``until``
+    (Unix seconds, None: open): ``AnswerDelta``s, then one ``AnswerFinal`` with the evidence
+    best first (``cancelled`` when ``cancel`` stopped it)."""
     time_range = None if since is None and until is None else TimeRange(since, until)
-    events = memory.answer(
+    return memory.answer(
         text,
         stream=camera,
         time_range=time_range,
         options=options,
         cancel=cancel,
-    )
-    try:
-        for event in events:
-            if isinstance(event, AnswerDelta):
-                if event.text:
-                    yield TextDelta(event.text)
-            elif isinstance(event, AnswerFinal):
-                if event.finish_reason == "cancelled":
-                    return
-                reason: Literal["stop", "length"] = (
-                    "stop" if event.finish_reason == "stop" else "length"
-                )
-                yield AnswerDone(
-                    evidence=moments(event.evidence),
-                    tokens=len(event.token_ids),
-                    finish_reason=reason,
-                    notes=event.notes,
-                )
-                return
-    finally:
-        close = getattr(events, "close", None)
-        if callable(close):
-            close()
-
-
-def moments(evidence: Sequence[Evidence]) -> tuple[Moment, ...]:
-    """The memory's evidence as engine moments, best first: by the share of layers that used
-    the block, then by retrieval relevance, then newest first."""
-
-    def rank(e: Evidence) -> tuple[float, float, float]:
-        relevance = e.relevance if e.relevance is not None and math.isfinite(e.relevance) else 0.0
-        return (e.score, relevance, e.wall_end)
-
-    ordered = sorted(evidence, key=rank, reverse=True)
-    return tuple(
-        Moment(
-            camera=e.stream,
-            start_pts=e.pts_start,
-            end_pts=e.pts_end,
-            start_wall=e.wall_start,
-            end_wall=e.wall_end,
-            score=float(e.score),
-        )
-        for e in ordered
     )

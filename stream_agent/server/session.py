@@ -19,17 +19,12 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from stream_agent.answers import AnswerDelta, AnswerFailed, AnswerFinal, Moment
 from stream_agent.engine import (
     AnswerStream,
-    Delta,
     EngineError,
-    Failed,
-    Moment,
     Question,
     question_received_now,
-)
-from stream_agent.engine import (
-    Final as FinalEvent,
 )
 from stream_agent.protocol import (
     PROTOCOL_VERSION,
@@ -397,12 +392,12 @@ class Session:
         seq = 0
         try:
             async for event in stream:
-                if isinstance(event, Delta):
+                if isinstance(event, AnswerDelta):
                     await self._send(DeltaMessage(client_id, seq, event.text))
                     seq += 1
-                elif isinstance(event, FinalEvent):
+                elif isinstance(event, AnswerFinal):
                     await self._send(self._answer(client_id, event))
-                elif isinstance(event, Failed):
+                elif isinstance(event, AnswerFailed):
                     await self._error(event.code, event.message, client_id, "ask")
         except (_Closing, ConnectionClosed):
             pass
@@ -488,16 +483,22 @@ class Session:
             )
         return tuple(infos)
 
-    def _answer(self, client_id: str, final: FinalEvent) -> Answer:
+    def _answer(self, client_id: str, final: AnswerFinal) -> Answer:
+        t = final.timings
         return Answer(
             id=client_id,
             text=final.text,
             evidence=tuple(self._evidence(m) for m in final.evidence),
             timings=Timings(
-                ttft_ms=None if final.ttft_s is None else final.ttft_s * 1000.0,
-                tokens_per_s=final.tokens_per_s,
-                total_ms=final.total_s * 1000.0,
+                ttft_ms=_ms(t.ttft_s),
+                tokens_per_s=t.tokens_per_s,
+                total_ms=t.total_s * 1000.0,
                 tokens=final.tokens,
+                queue_ms=_ms(t.queue_s),
+                retrieval_ms=_ms(t.retrieval_s),
+                context_tokens=t.context_tokens,
+                blocks_loaded=t.blocks_loaded,
+                disk_reads=t.disk_reads,
             ),
             finish_reason=final.finish_reason,
             notes=final.notes,
@@ -518,6 +519,10 @@ class Session:
             score=moment.score,
             frame_url=url,
         )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
 
 
 def _wall(seconds: float | None) -> str | None:

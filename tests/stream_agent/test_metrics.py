@@ -10,6 +10,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream_agent.answers import AnswerTimings
 from stream_agent.metrics import DaemonMetrics, Registry
 from tests.support.prometheus import sample, sample_values
 
@@ -35,6 +36,9 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stream_agent_answers": ("counter", ("outcome",)),
     "stream_agent_answer_ttft_seconds": ("histogram", ()),
     "stream_agent_answer_tokens_per_second": ("histogram", ()),
+    "stream_agent_answer_retrieval_seconds": ("histogram", ()),
+    "stream_agent_answer_blocks_loaded": ("counter", ()),
+    "stream_agent_answer_disk_reads": ("counter", ()),
     "stream_agent_answer_deltas_coalesced": ("counter", ()),
     "stream_agent_ws_clients": ("gauge", ()),
     "stream_agent_ws_rejected": ("counter", ("reason",)),
@@ -77,6 +81,9 @@ def _filled() -> DaemonMetrics:
     m.answer_ttft.observe(0.3)
     m.answer_ttft.observe(3.0)
     m.answer_tokens_per_s.observe(12.0)
+    m.answer_retrieval.observe(0.2)
+    m.answer_blocks_loaded.inc(14)
+    m.answer_disk_reads.inc(3)
     m.answer_deltas_coalesced.inc(4)
     m.ws_clients.set(2)
     m.ws_rejected.inc(reason="max_clients")
@@ -144,6 +151,10 @@ def test_values_as_a_scraper_reads_them() -> None:
     assert value("stream_agent_answer_ttft_seconds_bucket", le="5.0") == 2
     assert value("stream_agent_answer_ttft_seconds_bucket", le="+Inf") == 2
     assert value("stream_agent_answer_tokens_per_second_bucket", le="20.0") == 1
+    assert value("stream_agent_answer_retrieval_seconds_bucket", le="0.25") == 1
+    assert value("stream_agent_answer_retrieval_seconds_sum") == pytest.approx(0.2)
+    assert value("stream_agent_answer_blocks_loaded_total") == 14
+    assert value("stream_agent_answer_disk_reads_total") == 3
     assert value("stream_agent_answer_deltas_coalesced_total") == 4
     assert value("stream_agent_ws_clients") == 2
     assert value("stream_agent_http_requests_total", route="metrics", status="200") == 1
@@ -232,3 +243,24 @@ def test_content_negotiation() -> None:
     families = {f.name: f for f in openmetrics_families(body.decode())}
     assert families["stream_agent_answers"].type == "counter"
     assert families["stream_agent_memory_blocks"].type == "gauge"
+
+
+def test_an_answers_figures_reach_their_families() -> None:
+    m = DaemonMetrics(Registry())
+    m.observe_answer(
+        "stop",
+        AnswerTimings(
+            ttft_s=0.4,
+            tokens_per_s=9.0,
+            total_s=1.0,
+            retrieval_s=0.3,
+            blocks_loaded=6,
+            disk_reads=2,
+        ),
+    )
+    # a worker without a memory knows none of the retrieval figures: nothing is made up
+    m.observe_answer("cancelled", AnswerTimings(ttft_s=None, tokens_per_s=None, total_s=0.1))
+    assert m.answers.value(outcome="stop") == 1 and m.answers.value(outcome="cancelled") == 1
+    assert m.answer_ttft.count() == 1 and m.answer_tokens_per_s.count() == 1
+    assert m.answer_retrieval.count() == 1
+    assert m.answer_blocks_loaded.value() == 6 and m.answer_disk_reads.value() == 2

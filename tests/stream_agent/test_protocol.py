@@ -193,6 +193,25 @@ def test_server_messages_round_trip() -> None:
         assert parse_server_message(encode(message)) == message
 
 
+def test_answer_timings_carry_the_optional_figures_and_older_answers_still_parse() -> None:
+    timings = Timings(412.5, 18.2, 2210.0, 34, 3.1, 180.4, 2848, 14, 0)
+    wire = timings.to_wire()
+    assert {k: wire[k] for k in ("queue_ms", "retrieval_ms", "context_tokens")} == {
+        "queue_ms": 3.1,
+        "retrieval_ms": 180.4,
+        "context_tokens": 2848,
+    }
+    assert (wire["blocks_loaded"], wire["disk_reads"]) == (14, 0)
+    assert Timings.from_wire(wire) == timings
+    # an answer from a server without these fields: they are unknown, not zero
+    old = '{"type":"answer","id":"q","text":"","evidence":[],"finish_reason":"stop",'
+    old += '"timings":{"ttft_ms":1.0,"tokens_per_s":null,"total_ms":2.0,"tokens":1}}'
+    parsed = parse_server_message(old)
+    assert isinstance(parsed, Answer)
+    assert parsed.timings == Timings(1.0, None, 2.0, 1)
+    assert parsed.timings.retrieval_ms is None and parsed.timings.disk_reads is None
+
+
 def test_unexpected_server_messages_raise_value_error() -> None:
     for raw in ("[]", '{"type":"delta"}', "not json", "{}"):
         with pytest.raises(ValueError):

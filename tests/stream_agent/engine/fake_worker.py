@@ -2,7 +2,8 @@
 
 The real worker (model + ReKV memory) does not exist yet; this one keeps the frames it was given
 per camera and answers with a fixed sentence built from them, one word per delta, ending with
-evidence moments drawn from the frames inside the question's camera and time range. Gates let a
+evidence moments drawn from the frames inside the question's camera and time range (best first)
+and its own timings, in the records the real worker yields. Gates let a
 test hold the worker at a known point (before encoding, between answer tokens).
 """
 
@@ -12,18 +13,20 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from ingest.records import Frame
 from stream_agent.engine import (
-    AnswerDone,
+    AnswerDelta,
     AnswerEvent,
+    AnswerFinal,
+    AnswerTimings,
     CameraMemory,
     FrameBatch,
     Moment,
     Question,
-    TextDelta,
     WorkerStatus,
 )
 
@@ -108,16 +111,40 @@ class FakeWorker:
         words = [f"Seen {len(moments)} moments."] + [
             f"{self.word_text}{i}" for i in range(self.answer_words)
         ]
+        began = time.perf_counter()
+        first: float | None = None
+        sent: list[str] = []
+
+        def final(reason: Literal["stop", "cancelled"]) -> AnswerFinal:
+            now = time.perf_counter()
+            rate = (len(sent) - 1) / (now - first) if first is not None and now > first else None
+            return AnswerFinal(
+                text="".join(sent),
+                evidence=tuple(moments),
+                tokens=len(sent),
+                finish_reason=reason,
+                timings=AnswerTimings(
+                    ttft_s=None if first is None else first - began,
+                    tokens_per_s=rate if len(sent) >= 2 else None,
+                    total_s=now - began,
+                ),
+            )
+
         for i, word in enumerate(words):
             if i > 0 and self.token_gate is not None:
                 while not self.token_gate.wait(0.01):
                     if cancel.is_set():
+                        yield final("cancelled")
                         return
             if cancel.is_set():
+                yield final("cancelled")
                 return
-            yield TextDelta(word if i == 0 else " " + word)
+            if first is None:
+                first = time.perf_counter()
+            sent.append(word if i == 0 else " " + word)
+            yield AnswerDelta(sent[-1])
             self.first_token_sent.set()
-        yield AnswerDone(evidence=tuple(moments), tokens=len(words), finish_reason="stop")
+        yield final("stop")
 
     def status(self) -> WorkerStatus:
         cameras = tuple(

@@ -92,7 +92,7 @@ def test_every_block_an_answer_sees_lies_in_its_range(
     final = events[-1]
     assert isinstance(final, AnswerFinal)
     for e in final.evidence:
-        assert _inside(e.wall_start, e.wall_end, time_range), e
+        assert _inside(e.start_wall, e.end_wall, time_range), e
     kept = [
         m
         for s in (["a", "b"] if stream is None else [stream])
@@ -152,5 +152,5 @@ def test_bounds_of_a_reopened_memory(
             memory.append_step("cam", tokens, FrameStamp(seq=i, pts=float(i), wall=WALL0 + 50 + i))
         final = list(memory.answer(QUESTION, time_range=TimeRange(WALL0, WALL0 + 4)))[-1]
         assert isinstance(final, AnswerFinal)
-        assert final.evidence and all(e.wall_end <= WALL0 + 4 for e in final.evidence)
+        assert final.evidence and all(e.end_wall <= WALL0 + 4 for e in final.evidence)
         assert {e.seq for e in final.evidence if e.recent} == {3, 4}

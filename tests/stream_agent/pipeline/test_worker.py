@@ -15,12 +15,12 @@ import pytest
 from ingest.records import Frame
 from stream_agent.config import DaemonConfig, EngineConfig
 from stream_agent.engine import (
-    AnswerDone,
+    AnswerDelta,
+    AnswerFailed,
+    AnswerFinal,
     Engine,
-    Failed,
     FrameBatch,
     Question,
-    TextDelta,
     question_received_now,
 )
 from stream_agent.models import VideoLLM
@@ -69,11 +69,11 @@ def opened(model: VideoLLM, cfg: DaemonConfig) -> ModelWorker:
     return worker
 
 
-def answer(worker: ModelWorker, question: Question) -> tuple[str, AnswerDone | None]:
+def answer(worker: ModelWorker, question: Question) -> tuple[str, AnswerFinal | None]:
     text = []
     done = None
     for event in worker.answer(question, threading.Event()):
-        if isinstance(event, TextDelta):
+        if isinstance(event, AnswerDelta):
             text.append(event.text)
         else:
             done = event
@@ -146,7 +146,7 @@ async def test_the_engine_reports_a_refusal_with_its_code(llava: VideoLLM, tmp_p
             Question("q", "Anything?", camera="door", received_at=question_received_now())
         )
         _text, terminal = await stream.collect()
-        assert isinstance(terminal, Failed)
+        assert isinstance(terminal, AnswerFailed)
         assert terminal.code == "unknown_camera" and "has not delivered" in terminal.message
     finally:
         assert await engine.aclose("cancel", grace_s=30)

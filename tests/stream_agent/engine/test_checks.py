@@ -142,7 +142,7 @@ async def test_shutdown_fails_pending_checks_and_refuses_new_ones(
 async def test_engine_alerts_maps_checks_and_describes_and_times_out(make_engine: Make) -> None:
     gate = threading.Event()
     gate.set()
-    engine, worker = make_engine(FakeWorker(check_gate=gate))
+    engine, _ = make_engine(FakeWorker(check_gate=gate))
     engine.submit_frame(make_frame("dock", 0, wall=1000.0))
     await asyncio.to_thread(lambda: engine.flush().result(5))
     alerts = EngineAlerts(engine, check_timeout_s=0.2)

@@ -149,6 +149,14 @@ async def ask_all(engine: Engine, count: int, gap_s: float) -> list[float]:
     return ttfts
 
 
+def check_loop(engine: Engine, stop: threading.Event, done: list[int]) -> None:
+    """Keep a 20-rule check queued back to back until ``stop``."""
+    while not stop.is_set():
+        conds = [RuleCondition(c.text) for c in conditions(20)]
+        engine.check_rules(CAMERA, conds).result()
+        done[0] += 1
+
+
 def bench_ttft(memory: Memory, questions: int, check_s: float, new_tokens: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for mode in ("no checks", "20-rule checks looping"):
@@ -156,14 +164,7 @@ def bench_ttft(memory: Memory, questions: int, check_s: float, new_tokens: int) 
         engine.start()
         stop = threading.Event()
         checks = [0]
-
-        def loop() -> None:
-            while not stop.is_set():
-                conds = [RuleCondition(c.text) for c in conditions(20)]
-                engine.check_rules(CAMERA, conds).result()
-                checks[0] += 1
-
-        looper = threading.Thread(target=loop, daemon=True)
+        looper = threading.Thread(target=check_loop, args=(engine, stop, checks), daemon=True)
         if mode != "no checks":
             looper.start()
             time.sleep(check_s / 2)

@@ -24,6 +24,8 @@ ONE layer-by-layer forward, without decoding:
   logsumexp(no))`` over the logits of the "yes" and "no" tokens (:func:`answer_tokens`).
 
 The stream's memory is not changed by a check; the suffixes' K/V are dropped with the pass.
+Checks use no in-context compression (``MemoryOptions.compression`` applies to answers): their
+context is a few recent blocks.
 """
 
 from __future__ import annotations

@@ -294,10 +294,10 @@ async def test_a_full_event_queue_drops_the_oldest_and_counts(tmp_path: Path) ->
         await recv(ws)
         await send(ws, {"type": "subscribe", "id": "s"})
         await _until(ws, "subscribed")
-        session = next(iter(a.h.server._sessions))  # noqa: SLF001 - the queue is internal
+        session = next(iter(a.h.server._sessions))
         event = {"type": "start"}
         for i in range(3):  # pushed in one go on the loop: the sender cannot keep up
-            session._push_event("s", {**event, "n": i})  # noqa: SLF001
+            session._push_event("s", {**event, "n": i})
         assert a.h.metrics.ws_event_drops.value() == 2
         got = await _until(ws, "event")
         assert got["event"]["n"] == 2

@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from stream_agent.alerts.build import Alerts, build_alerts
+from stream_agent.alerts.errors import StoreError
 from stream_agent.alerts.service import AlertEngine, AlertService, CameraBoardLike
 from stream_agent.alerts.snapshots import SnapshotStore
 from stream_agent.alerts.state import Lifecycle
@@ -43,7 +44,13 @@ class DaemonAlerts:
         sw_version: str = "dev",
     ) -> None:
         data_dir = Path(config.alerts_data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the memory's folder: say it as the memory would
+            raise StoreError(
+                f"cannot create the memory folder {data_dir}: {exc.strerror}; choose "
+                "another memory.store_dir (--store-dir)"
+            ) from exc
         self.parts: Alerts = build_alerts(
             config.alerts_config,
             board=board,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -97,6 +98,36 @@ class Linear:
 
 
 @dataclass(frozen=True, slots=True, eq=False)
+class QuantizedLinear:
+    """``y ~ x @ weight.T + bias`` with an int8 weight and dynamic int8 activations (CPU).
+
+    ``weight`` is the int8 ``(out, in)`` matrix, ``scale`` its float32 per-output-row scales
+    (``weight_fp32 ~ weight * scale[:, None]``), ``packed`` the same weight prepared for the
+    backend's int8 GEMM (fbgemm/onednn ``linear_dynamic``, which also quantizes each call's input
+    per tensor). ``thirds``: for a fused q/k/v projection, its q, k and v rows prepared on their
+    own (``paper`` mode projects only the keys of every token). Built by
+    :func:`cacher.quantized.quantize_linear`; see that module.
+    """
+
+    weight: Tensor
+    scale: Tensor
+    bias: Tensor | None
+    packed: Any
+    thirds: tuple[QuantizedLinear, QuantizedLinear, QuantizedLinear] | None = None
+
+    @property
+    def in_features(self) -> int:
+        return int(self.weight.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.weight.shape[0])
+
+
+AnyLinear = Linear | QuantizedLinear
+
+
+@dataclass(frozen=True, slots=True, eq=False)
 class LayerNorm:
     """Layer normalisation over the last dimension."""
 
@@ -120,16 +151,16 @@ Norm = LayerNorm | RMSNorm
 class SeparateQKV:
     """Three projections (SigLIP, CLIP)."""
 
-    q: Linear
-    k: Linear
-    v: Linear
+    q: AnyLinear
+    k: AnyLinear
+    v: AnyLinear
 
 
 @dataclass(frozen=True, slots=True, eq=False)
 class FusedQKV:
     """One projection whose output rows are ``[q; k; v]`` (Qwen2-VL's ``attn.qkv``)."""
 
-    qkv: Linear
+    qkv: AnyLinear
 
 
 QKVProjection = SeparateQKV | FusedQKV
@@ -139,8 +170,8 @@ QKVProjection = SeparateQKV | FusedQKV
 class MLP:
     """``fc2(act(fc1(x)))``."""
 
-    fc1: Linear
-    fc2: Linear
+    fc1: AnyLinear
+    fc2: AnyLinear
     activation: str
 
 
@@ -148,9 +179,9 @@ class MLP:
 class GatedMLP:
     """``down(act(gate(x)) * up(x))`` (Qwen2.5-VL's vision MLP)."""
 
-    gate: Linear
-    up: Linear
-    down: Linear
+    gate: AnyLinear
+    up: AnyLinear
+    down: AnyLinear
     activation: str
 
 
@@ -166,7 +197,7 @@ class EncoderLayer:
 
     norm1: Norm
     qkv: QKVProjection
-    out: Linear
+    out: AnyLinear
     norm2: Norm
     mlp: MLPBlock
     num_heads: int
@@ -254,7 +285,14 @@ class EncoderOutput:
 # ------------------------------------------------------------------------------------- functions
 
 
-def linear(params: Linear, x: Tensor) -> Tensor:
+def linear(params: AnyLinear, x: Tensor) -> Tensor:
+    if isinstance(params, QuantizedLinear):
+        rows = x.contiguous()
+        flat = rows.ndim == 1  # the kernel takes (..., in) with at least one row dimension
+        out: Tensor = torch.ops.quantized.linear_dynamic(
+            rows[None] if flat else rows, params.packed, True
+        )
+        return out[0] if flat else out
     return F.linear(x, params.weight, params.bias)
 
 
@@ -401,13 +439,20 @@ def segment_mask(lengths: Sequence[int], device: torch.device | str | None = Non
 # ------------------------------------------------------------- partial projections (token reuse)
 
 
-def _projection(layer: EncoderLayer, which: int) -> Linear:
+def _projection(layer: EncoderLayer, which: int) -> AnyLinear:
     """The q (0), k (1) or v (2) projection of ``layer``; a row slice of a fused ``qkv``."""
     if isinstance(layer.qkv, SeparateQKV):
         return (layer.qkv.q, layer.qkv.k, layer.qkv.v)[which]
     fused = layer.qkv.qkv
     width = layer.num_heads * layer.head_dim
     rows = slice(which * width, (which + 1) * width)
+    if isinstance(fused, QuantizedLinear):
+        if fused.thirds is None:
+            raise LayerSpecError(
+                "a quantized fused q/k/v projection needs its q, k and v rows prepared too; "
+                "quantize the layer with cacher.quantized.quantize_layer"
+            )
+        return fused.thirds[which]
     return Linear(fused.weight[rows], None if fused.bias is None else fused.bias[rows])
 
 

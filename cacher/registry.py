@@ -17,7 +17,7 @@ from cacher.config import CacherConfig
 from cacher.errors import ConfigurationError
 from cacher.layers import EncoderLayer, Rotary
 from cacher.records import CachedEncoding
-from cacher.stream import StreamCacher, resolve_keep
+from cacher.stream import StreamCacher, YieldPoint, resolve_keep
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,10 @@ class CacherRegistry:
         *,
         rotary: Rotary | None = None,
         mask: torch.Tensor | None = None,
+        yield_point: YieldPoint | None = None,
     ) -> CachedEncoding:
         """Encode one frame of ``stream_id`` (see :meth:`StreamCacher.encode`)."""
-        return self.get(stream_id).encode(embeds, rotary=rotary, mask=mask)
+        return self.get(stream_id).encode(embeds, rotary=rotary, mask=mask, yield_point=yield_point)
 
     def reset(self, stream_id: str) -> None:
         """Drop ``stream_id``'s reference (a reconnect); unknown ids are ignored."""

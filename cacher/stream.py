@@ -46,13 +46,23 @@ for Qwen2-VL that is one temporal patch, i.e. a frame pair (one row of the adapt
 returns them; one mask for all layers or one per layer) apply to the frame's tokens; the rows of
 the recomputed tokens are taken from them.
 
+Preemption: ``encode(..., yield_point=f)`` calls ``f()`` after every ``config.yield_every``-th
+layer of a frame that runs layers (never after the last one, never for a frame reused whole), so
+that the engine thread that owns the model can serve a waiting question in the middle of a
+frame's encode -- synchronously, inside the callback: a question waits at most one layer group,
+not one frame. The callback must not use this cacher (a nested ``encode`` raises
+:class:`EncoderError`); it may use the model's other parts freely, since the encode holds only
+its own tensors between layers, so the result is bit-identical with and without it. If the
+callback raises, the frame is abandoned: the reference is dropped (the next frame becomes a new
+one) and the exception propagates.
+
 Not thread-safe: one engine thread owns a stream's cacher.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import torch
@@ -85,6 +95,7 @@ log = logging.getLogger(__name__)
 
 Tensor = torch.Tensor
 Masks = tuple[Tensor | None, ...]
+YieldPoint = Callable[[], None]
 MaskArg = Tensor | Sequence[Tensor | None] | None
 
 
@@ -162,7 +173,7 @@ class StreamCacher:
         self.stream_id = stream_id
         self.keep = resolve_keep(keep, len(layers))
         self.layers: tuple[EncoderLayer, ...] = tuple(layers[: max(max(self.keep), 1)])
-        first = self.layers[0].out.weight
+        first = self.layers[0].norm1.weight  # a norm is never quantized (see layers.Linear)
         self.dtype: torch.dtype = first.dtype
         self.device: torch.device = first.device
         self.width = width
@@ -173,6 +184,8 @@ class StreamCacher:
         self._index = 0
         self._counters = CacherCounters()
         self._groupings: dict[tuple[int, tuple[int, int] | None], Grouping] = {}
+        self._yield_point: YieldPoint | None = None
+        self._encoding = False
 
     # ------------------------------------------------------------------------------- reporting
 
@@ -239,6 +252,7 @@ class StreamCacher:
         rotary: Rotary | None = None,
         mask: MaskArg = None,
         grid: tuple[int, int] | None = None,
+        yield_point: YieldPoint | None = None,
     ) -> CachedEncoding:
         """Encode one frame's patch embeddings ``(N, D)`` or ``(1, N, D)``.
 
@@ -246,9 +260,34 @@ class StreamCacher:
         last two dims ``(N, N)`` or ``(1, N)``; one for all layers, or a sequence with one per
         layer, ``None`` entries for full attention) are used as
         :func:`cacher.layers.encoder_forward` uses them. ``grid`` (patch rows, cols) is needed
-        with ``group_layout="window"``. Raises :class:`FrameError` (after dropping the
-        reference) for a frame that cannot be encoded.
+        with ``group_layout="window"``. ``yield_point`` is called between layer groups (see the
+        module docstring). Raises :class:`FrameError` (after dropping the reference) for a frame
+        that cannot be encoded.
         """
+        if self._encoding:
+            raise EncoderError(
+                f"cacher stream {self.stream_id!r} is already encoding a frame; a yield_point "
+                "callback must not encode on the same stream"
+            )
+        self._encoding = True
+        self._yield_point = yield_point
+        try:
+            return self._encode(embeds, rotary, mask, grid)
+        except BaseException:
+            if yield_point is not None:
+                self._drop()  # the frame may have been abandoned half-way by the callback
+            raise
+        finally:
+            self._encoding = False
+            self._yield_point = None
+
+    def _encode(
+        self,
+        embeds: Tensor,
+        rotary: Rotary | None,
+        mask: MaskArg,
+        grid: tuple[int, int] | None,
+    ) -> CachedEncoding:
         try:
             frame = self._check_frame(embeds, rotary, mask, grid)
         except FrameError:
@@ -292,14 +331,17 @@ class StreamCacher:
         rotary: Rotary | None = None,
         mask: MaskArg = None,
         grid: tuple[int, int] | None = None,
+        yield_point: YieldPoint | None = None,
     ) -> list[CachedEncoding]:
-        """Encode frames ``(F, N, D)`` in order, each as :meth:`encode` (same rotary, masks and
-        grid), e.g. the steps of one ``embed_patches`` call."""
+        """Encode frames ``(F, N, D)`` in order, each as :meth:`encode` (same rotary, masks,
+        grid and ``yield_point``), e.g. the steps of one ``embed_patches`` call."""
         if not isinstance(embeds, torch.Tensor) or embeds.ndim != 3:
             shape = tuple(embeds.shape) if isinstance(embeds, torch.Tensor) else type(embeds)
             raise FrameError(f"encode_many takes (frames, tokens, width), got {shape}")
         return [
-            self.encode(embeds[i : i + 1], rotary=rotary, mask=mask, grid=grid)
+            self.encode(
+                embeds[i : i + 1], rotary=rotary, mask=mask, grid=grid, yield_point=yield_point
+            )
             for i in range(embeds.shape[0])
         ]
 
@@ -435,6 +477,7 @@ class StreamCacher:
                 )
             if j in self.keep:
                 kept[j] = h
+            self._between_layers(j)
         hidden = tuple(kept[i] for i in self.keep)
         tokens = frame.tokens
         if store:
@@ -468,6 +511,15 @@ class StreamCacher:
             recomputed_token_layers=tokens * len(self.layers),
         )
         return CachedEncoding(hidden_states=hidden, keep=self.keep, stats=stats)
+
+    def _between_layers(self, done: int) -> None:
+        """Call the frame's yield point after layer ``done`` (1-based) ends a layer group."""
+        if (
+            self._yield_point is not None
+            and done % self.config.yield_every == 0
+            and done < len(self.layers)
+        ):
+            self._yield_point()
 
     def _own(self, t: Tensor) -> Tensor:
         """``t`` in the storage dtype, holding no more memory than its own elements (a view into
@@ -504,6 +556,7 @@ class StreamCacher:
             per_layer.append(int(rows.shape[0]))
             if j in self.keep:
                 kept[j] = h
+            self._between_layers(j)
         return self._selective_result(
             index, ref, tokens, kept, per_layer, similarities, recomputed, change
         )
@@ -577,6 +630,7 @@ class StreamCacher:
             h_ref = (h_ref + attention) + mlp
             if j in self.keep:
                 kept[j] = h
+            self._between_layers(j)
         return self._selective_result(
             index, ref, tokens, kept, per_layer, similarities, recomputed, change
         )

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 
 from stream_agent.errors import StreamAgentError
+from stream_agent.log_redact import install_redaction
 
 # command name -> module under stream_agent.commands that registers it
 COMMANDS: dict[str, str] = {
@@ -35,6 +36,9 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)"
     )
+    parser.add_argument(
+        "-q", "--quiet", action="count", default=0, help="less log output: warnings and errors"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     seen: set[str] = set()
@@ -47,12 +51,19 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def configure_logging(verbosity: int) -> None:
-    level = logging.WARNING - 10 * min(verbosity, 2)
+    """Log to stderr: INFO by default, DEBUG with -vv, WARNING with -q; credentials are masked
+    in every record at every level (:mod:`stream_agent.log_redact`)."""
+    if verbosity < 0:
+        level = logging.WARNING
+    else:
+        level = logging.WARNING - 10 * min(verbosity, 2)
+        level = min(level, logging.INFO)
     logging.basicConfig(
-        level=min(level, logging.INFO) if verbosity else logging.INFO,
+        level=level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    install_redaction()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -61,6 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = next((a for a in args_list if not a.startswith("-")), None)
     parser = build_parser(only if only in COMMANDS else None)
     args = parser.parse_args(args_list)
+    args.verbose = args.verbose - args.quiet
     configure_logging(args.verbose)
     try:
         return int(args.func(args))

@@ -38,6 +38,7 @@ from stream_agent.config import DaemonConfig, Secrets
 from stream_agent.daemon_alerts import DaemonAlerts
 from stream_agent.engine import Engine
 from stream_agent.errors import ModelError
+from stream_agent.memory.frames import FrameStore
 from stream_agent.metrics import DaemonMetrics, Registry
 from stream_agent.models.loading import ModelLoader, model_loader
 from stream_agent.pipeline.feed import CameraFeed
@@ -81,11 +82,14 @@ class Daemon:
             evidence_max_side=s.evidence_frame_max_side,
             metrics=self.metrics,
         )
+        # evidence frames live with the memory (and survive a restart with it)
+        self.frames = FrameStore(config.memory.store_dir / "frames")
         self.worker = ModelWorker(
             config,
             load=load or model_loader(config.model),
             model_name=config.model.source,
             on_frame=self._note_frame,
+            frames=self.frames,
         )
         self.engine = Engine(self.worker, config.engine, metrics=self.metrics)
         self.alerts = DaemonAlerts(
@@ -94,12 +98,14 @@ class Daemon:
             board=self.board,
             engine=alert_engine(self.engine),
             metrics=self.metrics,
+            frames_root=self.frames.root,
             sw_version=package_version(),
         )
         self.server = StreamAgentServer(
             s,
             engine=self.engine,
             cameras=self.board,
+            frames=self.frames,
             metrics=self.metrics,
             token=secrets.token,
             model_name=config.model.source,

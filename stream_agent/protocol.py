@@ -52,6 +52,7 @@ DEFAULT_EVENTS_LIMIT: Final = 100
 MAX_NAME_CHARS: Final = 64
 MAX_EVENT_ID_CHARS: Final = 200
 
+
 # ---------------------------------------------------------------------------------------------
 # Durations and time bounds
 # ---------------------------------------------------------------------------------------------
@@ -75,7 +76,12 @@ def parse_wall_time(text: str) -> float:
         raise ValueError(
             f"{text!r} has no UTC offset; add one (e.g. 'Z' or '+02:00') so it means one instant"
         )
-    return stamp.timestamp()
+    try:
+        unix_s = stamp.timestamp()
+        format_wall_time(unix_s)  # must also be writable back (the ack names it)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError(f"{text!r} lies outside the years 1 to 9999 (UTC)") from None
+    return unix_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +296,19 @@ def _optional_str(obj: Mapping[str, object], key: str, max_chars: int) -> str | 
         raise _Reject(f"'{key}' must be a string, not {type(value).__name__}")
     if len(value) > max_chars:
         raise _Reject(f"'{key}' is longer than {max_chars} characters")
+    _check_unicode(key, value)
     return value
+
+
+def _check_unicode(key: str, value: str) -> None:
+    """JSON can carry a lone UTF-16 surrogate (``"\\ud800"``), which is no character: no
+    tokenizer takes it and no UTF-8 text can hold it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _Reject(
+            f"'{key}' is not valid Unicode text (it holds a lone surrogate such as \\ud800)"
+        ) from None
 
 
 def _time_bound(obj: Mapping[str, object], key: str) -> TimeBound | None:
@@ -651,9 +669,13 @@ class Answer:
     evidence: tuple[Evidence, ...]
     timings: Timings
     finish_reason: FinishReason
+    notes: tuple[str, ...] = ()
+    """Where the answer could not use what was asked for: ``no_moments`` (nothing was kept in
+    the time range), or a sentence (fewer moments fitted beside a long question). Sent only
+    when there are some."""
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "type": "answer",
             "id": self.id,
             "text": self.text,
@@ -661,6 +683,9 @@ class Answer:
             "timings": self.timings.to_wire(),
             "finish_reason": self.finish_reason,
         }
+        if self.notes:
+            wire["notes"] = list(self.notes)
+        return wire
 
     @classmethod
     def from_wire(cls, obj: Mapping[str, Any]) -> Answer:
@@ -673,6 +698,7 @@ class Answer:
             evidence=tuple(Evidence.from_wire(e) for e in obj.get("evidence", [])),
             timings=Timings.from_wire(obj.get("timings") or {}),
             finish_reason=cast(FinishReason, reason),
+            notes=tuple(str(n) for n in obj.get("notes") or ()),
         )
 
 
@@ -853,8 +879,15 @@ _SERVER_TYPES: Final[Mapping[str, Any]] = {
 
 
 def encode(message: ServerMessage | ClientMessage) -> str:
-    """The JSON text of a message (compact, UTF-8 characters kept)."""
-    return json.dumps(message.to_wire(), ensure_ascii=False, separators=(",", ":"))
+    """The JSON text of a message (compact, UTF-8 characters kept; anything that UTF-8 cannot
+    carry, a lone surrogate, is written as a JSON escape so that the message can be sent)."""
+    wire = message.to_wire()
+    text = json.dumps(wire, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(wire, ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
 class UnknownMessageType(ValueError):

@@ -12,18 +12,22 @@ import argparse
 import asyncio
 import logging
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ingest.redact import url_secrets
 from stream_agent.config import (
     DEFAULT_MODEL_ID,
     DaemonConfig,
     LoggingConfig,
+    Secrets,
     from_flags,
     load_config,
     resolve_secrets,
 )
 from stream_agent.errors import ConfigError
+from stream_agent.log_redact import install_redaction
 
 _FLAGS = (
     "source",
@@ -111,11 +115,14 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
     )
 
 
-def configure_logging(section: LoggingConfig, verbosity: int) -> None:
-    """Apply the config's level (unless -v asked for more) and log file."""
+def configure_logging(section: LoggingConfig, verbosity: int, secrets: Iterable[str] = ()) -> None:
+    """Apply the config's level (unless -v asked for more, or -q for less) and log file; every
+    handler masks credentials and the known ``secrets`` (:mod:`stream_agent.log_redact`)."""
     root = logging.getLogger()
     if verbosity == 0:
         root.setLevel(section.level)
+    elif verbosity < 0:
+        root.setLevel(logging.WARNING)
     if verbosity < 2:
         # websockets logs every connection and HTTP response at INFO; the server logs the
         # lifecycle lines that matter (client connected/disconnected) itself.
@@ -128,6 +135,15 @@ def configure_logging(section: LoggingConfig, verbosity: int) -> None:
             raise ConfigError(f"cannot write the log file {section.file}: {exc.strerror}") from exc
         handler.setFormatter(logging.Formatter(_LOG_FORMAT))
         root.addHandler(handler)
+    install_redaction(secrets, root)
+
+
+def known_secrets(config: DaemonConfig, secrets: Secrets) -> tuple[str, ...]:
+    """Every secret the daemon holds: its token, the cameras' passwords and URL secrets."""
+    found = [secrets.token or "", *secrets.camera_passwords.values()]
+    for camera in config.enabled_cameras:
+        found.extend(url_secrets(secrets.camera_url(camera)))
+    return tuple(s for s in found if s)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     # The one place the environment is read: handed over explicitly.
     secrets = resolve_secrets(config, os.environ)
-    configure_logging(config.logging, args.verbose)
+    configure_logging(config.logging, args.verbose, known_secrets(config, secrets))
 
     def announce(daemon: Daemon) -> None:
         host = config.server.host

@@ -274,7 +274,11 @@ class Engine:
             self._opened = True
             log.info("engine: worker ready")
         except Exception as exc:
-            log.exception("engine: the worker could not start")
+            if isinstance(exc, StreamAgentError):  # expected (no model there): one line
+                log.error("engine: the worker could not start: %s", exc)
+                log.debug("engine: the worker's start-up failure", exc_info=True)
+            else:  # a bug or an unexpected library failure: keep its traceback
+                log.exception("engine: the worker could not start")
             reason = f"the model could not be loaded: {exc}"
             with self._lock:
                 self._worker_status = WorkerStatus(ready=False, reason=reason)
@@ -413,6 +417,9 @@ class Engine:
                 self._fail(item, f"no answer: {reason}")
             else:
                 self._generate(item)
+        except BaseException:  # the thread is going down: the question still gets its end
+            self._fail(item, "the engine stopped while answering this question")
+            raise
         finally:
             with self._lock:
                 self._answering -= 1
@@ -480,6 +487,7 @@ class Engine:
                 ttft_s=ttft,
                 tokens_per_s=rate,
                 total_s=max(0.0, end - question.received_at),
+                notes=done.notes if done is not None else (),
             )
         )
 

@@ -90,6 +90,8 @@ class AnswerDone:
     evidence: tuple[Moment, ...] = ()
     tokens: int = 0
     finish_reason: Literal["stop", "length"] = "stop"
+    notes: tuple[str, ...] = ()
+    """What the answer could not do as asked (see ``protocol.Answer.notes``)."""
 
 
 AnswerEvent: TypeAlias = TextDelta | AnswerDone
@@ -120,6 +122,7 @@ class Final:
     ttft_s: float | None
     tokens_per_s: float | None
     total_s: float
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

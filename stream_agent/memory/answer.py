@@ -75,6 +75,7 @@ class PreparedAnswer:
     blocks_loaded: int
     contexts: tuple[LayerContext | None, ...] = ()
     kept: tuple[torch.Tensor | None, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 class AnswerPass:

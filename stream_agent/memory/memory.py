@@ -51,6 +51,7 @@ from stream_agent.memory.errors import (
     PositionBudgetError,
     QuestionError,
 )
+from stream_agent.memory.frames import BlockFrame, FrameStore
 from stream_agent.memory.heap import release_free_memory
 from stream_agent.memory.layout import BlockLayout, step_chunk
 from stream_agent.memory.options import MemoryOptions, Retrieval
@@ -78,6 +79,12 @@ from stream_agent.models.records import DecodeOptions, LMChunk, VisualTokens
 log = logging.getLogger(__name__)
 
 _RETRIES = 3
+
+NO_MOMENTS_NOTE = "no_moments"
+"""The note of an answer whose time range holds no stored video (it has no evidence)."""
+NO_MOMENTS_TEXT = (
+    "Nothing was recorded in the requested time range, so there is nothing to answer from."
+)
 
 
 def model_fingerprint(model: LanguageModel, runner: LayerRunner) -> dict[str, object]:
@@ -108,7 +115,9 @@ class Memory:
     :mod:`~.compression` method.
     """
 
-    def __init__(self, model: LanguageModel, options: MemoryOptions) -> None:
+    def __init__(
+        self, model: LanguageModel, options: MemoryOptions, *, frames: FrameStore | None = None
+    ) -> None:
         self.model = model
         self.options = options
         self.runner = LayerRunner(model)
@@ -136,6 +145,7 @@ class Memory:
             options,
             layers=spec.num_layers,
             keep_sketches=retriever_class(options.retrieval).uses_sketches,
+            frames=frames,
         )
         self.planner = Planner(model, options, self.tiers, max_positions=self.max_positions)
         self.checks = CheckPass(
@@ -144,6 +154,10 @@ class Memory:
         self._closed = False
         for name in store.stream_names():
             self.tiers.open_stream(name)
+        if frames is not None:  # frames whose block a crash (or an old store) left behind
+            for name in frames.streams():
+                state = self._streams.get(name)
+                frames.retain(name, [] if state is None else [m.block_id for m in state.blocks])
         log.info(
             "memory opened in %s: %d stream(s), %d block(s), window %d tokens, top-%d",
             options.store_dir,
@@ -267,14 +281,17 @@ class Memory:
         keep: torch.Tensor | Sequence[int] | None = None,
         embeds: torch.Tensor | None = None,
         seconds_per_step: float = 1.0,
+        frame: BlockFrame | None = None,
     ) -> BlockMeta:
         """Encode one video step of ``stream`` (a new stream starts on first use).
 
         ``tokens`` are the step's visual tokens; ``keep`` the rows a pruner kept (its
         ``Selection.indices``; None keeps all) and ``embeds`` their merged values when it merged;
-        ``seconds_per_step`` the time one step covers. The memory lays the step out after the
-        stream's previous one with the family's own layout (``video_step_chunk``; the step's
-        timestamp is ``stamp.pts``). Returns the stored block's index record.
+        ``seconds_per_step`` the time one step covers; ``frame`` the step's representative frame
+        (a JPEG), kept as the block's evidence frame when the memory has a frame store. The
+        memory lays the step out after the stream's previous one with the family's own layout
+        (``video_step_chunk``; the step's timestamp is ``stamp.pts``). Returns the stored
+        block's index record.
         """
         self._check_open()
         model = self.model
@@ -309,7 +326,7 @@ class Memory:
             return chunk, layout
 
         chunk, layout = self._fit(window, place)
-        return self.tiers.store_block(state, window.encode(chunk, layout), stamp)
+        return self.tiers.store_block(state, window.encode(chunk, layout), stamp, frame)
 
     def _fit(
         self, window: Window, place: Callable[[], tuple[LMChunk, BlockLayout]]
@@ -372,7 +389,7 @@ class Memory:
                 loader=self.tiers.load,
                 compressor=make_compressor(self.options.compression),
             )
-            suffix, offset = planner.fit_top_k(answer_pass, layout, max_new_tokens)
+            suffix, offset, notes = planner.fit_top_k(answer_pass, layout, max_new_tokens)
             rows = planner.question_rows(layout, offset)
             began = time.perf_counter()
             request = RetrievalRequest(
@@ -397,7 +414,9 @@ class Memory:
                 log.warning("memory: %s; dropping it and retrying the question", exc)
                 self.tiers.drop_corrupt(exc.block if isinstance(exc.block, BlockMeta) else None)
                 continue
-            return answer_pass, replace(prepared, retrieval_s=prepared.retrieval_s + rows_s)
+            return answer_pass, replace(
+                prepared, retrieval_s=prepared.retrieval_s + rows_s, notes=notes
+            )
         raise AssertionError("unreachable")
 
     def answer(
@@ -420,6 +439,26 @@ class Memory:
         options = options or DecodeOptions()
         reads_before = self.disk_reads
         index_before = self.tiers.index_reads
+        if time_range is not None and self._range_is_empty(stream, time_range):
+            # nothing was kept in the range: say so rather than answer from other moments
+            yield AnswerDelta(NO_MOMENTS_TEXT)
+            yield AnswerFinal(
+                text=NO_MOMENTS_TEXT,
+                token_ids=(),
+                evidence=(),
+                timings=AnswerTimings(
+                    ttft_s=None,
+                    retrieval_s=0.0,
+                    tokens_per_s=None,
+                    total_s=time.perf_counter() - began,
+                    context_tokens=0,
+                    blocks_loaded=0,
+                    disk_reads=0,
+                ),
+                finish_reason="stop",
+                notes=(NO_MOMENTS_NOTE,),
+            )
+            return
         answer_pass, prepared = self.prepare(
             question,
             stream=stream,
@@ -460,7 +499,7 @@ class Memory:
             disk_reads=self.disk_reads - reads_before,
             index_reads=self.tiers.index_reads - index_before,
         )
-        evidence = prepared.evidence
+        evidence, notes = prepared.evidence, prepared.notes
         del answer_pass, prepared  # the per-layer contexts: free them, then hand the pages back
         release_free_memory()
         yield AnswerFinal(
@@ -469,6 +508,7 @@ class Memory:
             evidence=evidence,
             timings=timings,
             finish_reason=reason,
+            notes=notes,
         )
 
     def check(self, stream: str, conditions: Sequence[CheckCondition]) -> list[CheckResult]:
@@ -484,6 +524,12 @@ class Memory:
                 log.warning("memory: %s; dropping it and retrying the check", exc)
                 self.tiers.drop_corrupt(exc.block if isinstance(exc.block, BlockMeta) else None)
         raise AssertionError("unreachable")
+
+    def _range_is_empty(self, stream: str | None, time_range: TimeRange) -> bool:
+        """True when ``stream`` (None: every stream) keeps no block inside ``time_range``."""
+        self._check_open()
+        candidates, recent = self.planner.scope(stream, time_range)
+        return not candidates and not recent
 
     # ------------------------------------------------------------------------------- status
 
@@ -504,7 +550,7 @@ class Memory:
                     tokens=sum(m.tokens for m in blocks),
                     window_tokens=window.live_tokens if window is not None else 0,
                     ram_bytes=ram,
-                    disk_bytes=self.store.disk_bytes(state.stream_id),
+                    disk_bytes=self.tiers.stream_disk_bytes(state),
                     frames_encoded=state.frames_encoded,
                     oldest_wall=blocks[0].wall_start if blocks else None,
                     last_pts=blocks[-1].pts_end if blocks else None,
@@ -515,7 +561,7 @@ class Memory:
 
     @property
     def disk_bytes(self) -> int:
-        """All block files plus the index."""
+        """All block files, their evidence frames and the index."""
         return self.tiers.segment_bytes() + self.store.index_bytes()
 
     @property

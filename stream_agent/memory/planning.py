@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 from stream_agent.memory.answer import AnswerPass
+from stream_agent.memory.errors import QuestionError
 from stream_agent.memory.options import MemoryOptions
 from stream_agent.memory.records import Candidate, TimeRange
 from stream_agent.memory.tiers import Tiers
@@ -81,7 +82,11 @@ class Planner:
     ) -> tuple[list[Candidate], list[Candidate]]:
         """The candidate blocks and the recent blocks of ``stream`` (None: all streams) within
         ``time_range``. (The candidates' retrieval rows are the retriever's to read, see
-        :mod:`~.retrieval`.)"""
+        :mod:`~.retrieval`.)
+
+        Only blocks that lie wholly inside the range are used, the recent ones included: the
+        recent blocks are the newest ``recent_blocks`` of each stream *within* the range, so
+        that an answer bounded to the past neither sees nor cites anything after it."""
         states = (
             [self.tiers.state(stream)] if stream is not None else list(self.tiers.streams.values())
         )
@@ -90,38 +95,61 @@ class Planner:
         since = time_range.since if time_range else None
         until = time_range.until if time_range else None
         for state in states:
-            filled = [i for i, m in enumerate(state.blocks) if m.tokens > 0]
+            filled = [
+                i
+                for i, m in enumerate(state.blocks)
+                if m.tokens > 0
+                and (since is None or m.wall_start >= since)
+                and (until is None or m.wall_end <= until)
+            ]
             recent_count = min(self.options.recent_blocks, len(filled))
             newest = set(filled[len(filled) - recent_count :]) if recent_count else set()
             for i in filled:
                 meta = state.blocks[i]
                 if i in newest:
                     recent.append(Candidate(state.stream_id, meta))
-                elif (since is None or meta.wall_end >= since) and (
-                    until is None or meta.wall_start <= until
-                ):
+                else:
                     candidates.append(Candidate(state.stream_id, meta))
         return candidates, recent
 
     def fit_top_k(
         self, answer_pass: AnswerPass, layout: PromptLayout, max_new_tokens: int
-    ) -> tuple[LMChunk, int]:
-        """The question's suffix, after lowering the pass's ``top_k`` where the retrieved blocks,
-        the recent ones, the question and the answer would not fit the model's positions (wide
-        blocks, many streams): fewer blocks rather than no answer."""
+    ) -> tuple[LMChunk, int, tuple[str, ...]]:
+        """The question's suffix, after lowering the pass's ``top_k`` (then leaving out the
+        oldest recent blocks) where the blocks, the question and the answer would not fit the
+        model's positions (wide blocks, many streams, a long question): fewer blocks rather than
+        no answer, and a note that says so. A question that does not fit even alone is refused
+        (:class:`QuestionError`, ``bad_request``)."""
         asked = answer_pass.top_k
+        recent = len(answer_pass.recent)
         while True:
             suffix, offset = self.suffix(layout, answer_pass.start_position())
-            fits = suffix.next_position + max_new_tokens <= self.max_positions
-            if fits or answer_pass.top_k == 0:
+            if suffix.next_position + max_new_tokens <= self.max_positions:
                 break
-            answer_pass.top_k = answer_pass.top_k * 3 // 4
-        if answer_pass.top_k < asked:
+            if answer_pass.top_k > 0:
+                answer_pass.top_k = answer_pass.top_k * 3 // 4
+            elif answer_pass.recent:
+                answer_pass.recent = answer_pass.recent[1:]
+            else:
+                raise QuestionError(
+                    f"the question is too long for this model: with its answer "
+                    f"({max_new_tokens} tokens) it needs {suffix.next_position + max_new_tokens} "
+                    f"positions, the model has {self.max_positions}; ask a shorter question"
+                )
+        notes: tuple[str, ...] = ()
+        if answer_pass.top_k < asked or len(answer_pass.recent) < recent:
             log.warning(
-                "memory: top_k lowered from %d to %d for this question so that its blocks fit "
-                "the model's %d positions",
+                "memory: top_k lowered from %d to %d and recent blocks from %d to %d for this "
+                "question so that its blocks fit the model's %d positions",
                 asked,
                 answer_pass.top_k,
+                recent,
+                len(answer_pass.recent),
                 self.max_positions,
             )
-        return suffix, offset
+            notes = (
+                f"fewer moments than usual fitted beside this question in the model's "
+                f"{self.max_positions} positions (retrieved {answer_pass.top_k} of {asked}, "
+                f"recent {len(answer_pass.recent)} of {recent}); a shorter question sees more",
+            )
+        return suffix, offset, notes

@@ -37,7 +37,8 @@ class FrameStamp:
 
 @dataclass(frozen=True, slots=True)
 class TimeRange:
-    """Bounds (Unix seconds, inclusive; None = open) on the wall time of retrievable blocks."""
+    """Bounds (Unix seconds, inclusive; None = open) on the wall time of retrievable blocks: a
+    block is used only if its whole span (first to last frame) lies inside them."""
 
     since: float | None = None
     until: float | None = None
@@ -161,6 +162,9 @@ class AnswerFinal:
     evidence: tuple[Evidence, ...]
     timings: AnswerTimings
     finish_reason: Literal["stop", "length", "cancelled"]
+    notes: tuple[str, ...] = ()
+    """What the answer could not do as asked, in words (no video in the time range; fewer
+    blocks than ``top_k`` fitted beside a long question)."""
 
 
 AnswerEvent = AnswerDelta | AnswerFinal

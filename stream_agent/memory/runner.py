@@ -159,7 +159,7 @@ class LayerRunner:
             hidden,
             attention_mask=mask,
             position_ids=None,
-            past_key_values=cache,
+            cache=cache,  # transformers >= 5.25; past_key_values is removed in 5.40
             use_cache=True,
             position_embeddings=position_embeddings,
         )

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 from stream_agent.memory.errors import CorruptBlockError, UnknownStreamError
+from stream_agent.memory.frames import BlockFrame, FrameStore
 from stream_agent.memory.layout import BlockLayout
 from stream_agent.memory.options import MemoryOptions
 from stream_agent.memory.ram_cache import BlockCache
@@ -172,9 +173,18 @@ class Tiers:
     """RAM and disk tiers of one memory's streams, with eviction (see the module docstring)."""
 
     def __init__(
-        self, store: BlockStore, options: MemoryOptions, *, layers: int, keep_sketches: bool
+        self,
+        store: BlockStore,
+        options: MemoryOptions,
+        *,
+        layers: int,
+        keep_sketches: bool,
+        frames: FrameStore | None = None,
     ) -> None:
         self.store = store
+        #: Evidence JPEGs of the stored blocks (one per block, deleted with it, counted in the
+        #: disk budget); None keeps none.
+        self.frames = frames
         self.options = options
         self.layers = layers
         self.keep_sketches = keep_sketches
@@ -250,9 +260,14 @@ class Tiers:
     # ------------------------------------------------------------------------------ writing
 
     def store_block(
-        self, state: StreamState, encoded: EncodedBlock, stamp: FrameStamp
+        self,
+        state: StreamState,
+        encoded: EncodedBlock,
+        stamp: FrameStamp,
+        frame: BlockFrame | None = None,
     ) -> BlockMeta:
-        """Write an encoded block to disk and RAM, then evict (was ``Memory._store``)."""
+        """Write an encoded block to disk and RAM (and ``frame``, its evidence JPEG, to the
+        frame store), then evict."""
         dtype = self.store.dtype
         keys = encoded.keys.to("cpu", dtype)
         values = encoded.values.to("cpu", dtype)
@@ -273,6 +288,13 @@ class Tiers:
         state.reps.append(meta.block_id, rep)
         state.sketches.append(meta.block_id, sketch)
         state.frames_encoded += 1
+        if frame is not None and self.frames is not None and meta.tokens:
+            try:
+                self.frames.put(state.name, meta.block_id, frame)
+            except OSError as exc:  # the block is stored; only its picture is missing
+                log.warning(
+                    "memory: the evidence frame of %r could not be written: %s", state.name, exc
+                )
         if meta.tokens:
             for layer in range(self.layers):
                 self.ram.put(
@@ -340,6 +362,8 @@ class Tiers:
             return
         ids = {m.block_id for m in doomed}
         self.store.delete(state.stream_id, doomed)
+        if self.frames is not None:
+            self.frames.delete(state.name, ids)
         for meta in doomed:
             self.ram.discard_block(state.stream_id, meta.block_id, self.layers)
         state.reps.discard(ids)
@@ -398,7 +422,13 @@ class Tiers:
         return best
 
     def segment_bytes(self) -> int:
-        return sum(self.store.disk_bytes(s.stream_id) for s in self.streams.values())
+        """Bytes the disk budget covers: the block files and the blocks' evidence frames."""
+        return sum(self.stream_disk_bytes(s) for s in self.streams.values())
+
+    def stream_disk_bytes(self, state: StreamState) -> int:
+        """``state``'s block files and evidence frames."""
+        frames = 0 if self.frames is None else self.frames.stream_bytes(state.name)
+        return self.store.disk_bytes(state.stream_id) + frames
 
     def drop_corrupt(self, block: BlockMeta | None) -> None:
         """Drop ``block``, whose stored bytes failed their checksum; without one (a segment file

@@ -124,7 +124,7 @@ class LanguageModel(ABC):
     @abstractmethod
     def _decoder(self) -> Any:
         """The language model's decoder stack (takes ``inputs_embeds``, ``position_ids``,
-        ``past_key_values``)."""
+        ``cache``: transformers 5 renamed ``past_key_values``, removed in 5.40)."""
 
     @property
     @abstractmethod
@@ -167,7 +167,7 @@ class LanguageModel(ABC):
         out = self._decoder(
             inputs_embeds=chunk.embeds[None].to(self.dtype),
             position_ids=self._lm_position_ids(chunk.positions),
-            past_key_values=cache,
+            cache=cache,
             attention_mask=attention_mask,
             use_cache=True,
         )

@@ -40,6 +40,7 @@ from stream_agent.memory import (
     StreamStatus,
     TimeRange,
 )
+from stream_agent.memory.frames import BlockFrame, FrameStore, thumbnail_jpeg
 from stream_agent.models.base import VideoLLM
 from stream_agent.models.records import DecodeOptions, VisualTokens
 
@@ -106,8 +107,11 @@ def chain_settings(
         raise ConfigError(f"the cacher/pruner settings do not work together: {exc}") from exc
 
 
-def open_memory(model: VideoLLM, options: MemoryOptions) -> Memory:
-    """The memory of every camera over ``model``; loads what ``options.store_dir`` holds."""
+def open_memory(
+    model: VideoLLM, options: MemoryOptions, frames: FrameStore | None = None
+) -> Memory:
+    """The memory of every camera over ``model``; loads what ``options.store_dir`` holds.
+    ``frames`` keeps each block's evidence frame (deleted with the block)."""
     try:
         options.store_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -115,7 +119,7 @@ def open_memory(model: VideoLLM, options: MemoryOptions) -> Memory:
             f"cannot create the memory folder {options.store_dir}: {exc.strerror}; choose "
             "another memory.store_dir (--store-dir)"
         ) from exc
-    return Memory(model, options)
+    return Memory(model, options, frames=frames)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,6 +137,8 @@ class Block:
     keep: torch.Tensor
     embeds: torch.Tensor | None
     seconds_per_step: float
+    frame: BlockFrame | None = None
+    """The step's representative (middle) frame as a small JPEG: the block's evidence."""
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -142,6 +148,7 @@ class _Held:
     tokens: VisualTokens
     stamp: FrameStamp
     seconds_per_step: float
+    frame: BlockFrame | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,7 +241,9 @@ class VisionChain:
         # keyed by the pruner's own numbering, so that a push that fails (and may or may not
         # have used up a number) cannot put the two out of step
         index = self._pruner.next_frame_index
-        self._held[index] = _Held(tokens, stamp, seconds)
+        middle = frames[len(frames) // 2]
+        picture = BlockFrame(thumbnail_jpeg(middle.image), middle.pts, middle.wall_time)
+        self._held[index] = _Held(tokens, stamp, seconds, picture)
         try:
             selections = self._pruner.push(tokens.embeds, tokens.grid, first.pts)
         except BaseException:
@@ -248,7 +257,14 @@ class VisionChain:
             held = self._held.pop(selection.frame_index)
             merged = selection.tokens if selection.merged is not None else None
             blocks.append(
-                Block(held.tokens, held.stamp, selection.indices, merged, held.seconds_per_step)
+                Block(
+                    held.tokens,
+                    held.stamp,
+                    selection.indices,
+                    merged,
+                    held.seconds_per_step,
+                    held.frame,
+                )
             )
         return blocks
 
@@ -288,6 +304,7 @@ def append_blocks(memory: Memory, camera: str, blocks: Sequence[Block]) -> None:
             keep=block.keep,
             embeds=block.embeds,
             seconds_per_step=block.seconds_per_step,
+            frame=block.frame,
         )
 
 
@@ -339,6 +356,7 @@ def answer_events(
                     evidence=moments(event.evidence),
                     tokens=len(event.token_ids),
                     finish_reason=reason,
+                    notes=event.notes,
                 )
                 return
     finally:

@@ -34,6 +34,7 @@ from stream_agent.engine.records import (
     WorkerStatus,
 )
 from stream_agent.memory import CheckCondition, Memory, MemoryOptions
+from stream_agent.memory.frames import FrameStore
 from stream_agent.models.base import VideoLLM
 from stream_agent.models.loading import ModelLoader
 from stream_agent.models.records import DecodeOptions
@@ -66,9 +67,10 @@ class ModelWorker:
 
     ``load`` builds the model (called once, on the engine thread, in :meth:`open`);
     ``model_name`` is what clients are told; ``decode`` overrides the decoding options (default:
-    greedy, ``model.max_new_tokens``, the checkpoint's stop tokens). ``opened`` resolves when
-    :meth:`open` has finished (or carries its exception), so that the daemon can wait for the
-    model without polling.
+    greedy, ``model.max_new_tokens``, the checkpoint's stop tokens); ``frames`` keeps each
+    stored block's evidence frame on disk with the memory (the server reads it). ``opened``
+    resolves when :meth:`open` has finished (or carries its exception), so that the daemon can
+    wait for the model without polling.
     """
 
     def __init__(
@@ -79,10 +81,12 @@ class ModelWorker:
         model_name: str,
         decode: DecodeOptions | None = None,
         on_frame: FrameNote | None = None,
+        frames: FrameStore | None = None,
     ) -> None:
         """``on_frame`` hears of every encoded frame with the cacher's changed-token share."""
         self._config = config
         self._on_frame = on_frame
+        self._frames = frames
         self._load = load
         self.model_name = model_name
         self.opened: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -99,7 +103,7 @@ class ModelWorker:
             model = self._load()
             settings = chain_settings(self._config.cacher, self._config.pruner, model)
             options = MemoryOptions.from_config(self._config.memory)
-            self._memory = open_memory(model, options)
+            self._memory = open_memory(model, options, self._frames)
             self._settings = settings
             self._model = model
         except BaseException as exc:

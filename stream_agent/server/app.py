@@ -13,6 +13,7 @@ import logging
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
@@ -25,9 +26,15 @@ from stream_agent.server.context import ServerContext
 from stream_agent.server.http import HttpRoutes
 from stream_agent.server.session import Session
 
+if TYPE_CHECKING:  # the server only reads frames; it never pulls in the memory's stack
+    from stream_agent.memory.frames import FrameStore
+
 log = logging.getLogger(__name__)
 
 CLOSE_WAIT_S = 3.0
+END_IN_FLIGHT_S = 5.0
+"""On shutdown, how long cancelled answers may take to end by themselves before the server
+sends their ``answer`` (finish_reason ``cancelled``) itself."""
 """How long ``stop`` waits for clients to finish the closing handshake before dropping them."""
 
 
@@ -52,11 +59,13 @@ class StreamAgentServer:
         model_name: str | None = None,
         web_root: Path | None = None,
         alerts: AlertService | None = None,
+        frames: FrameStore | None = None,
     ) -> None:
         self._ctx = ServerContext(
             config=config,
             engine=engine,
             cameras=cameras,
+            frames=frames,
             metrics=metrics,
             token=token,
             model_name=model_name,
@@ -124,6 +133,11 @@ class StreamAgentServer:
         left = sum(s.answers_in_flight for s in self._sessions)
         if left:
             log.warning("closing with %d answers still in flight; they are cancelled", left)
+        # every accepted question gets its terminal message before its connection closes
+        await asyncio.gather(
+            *(s.end_in_flight(END_IN_FLIGHT_S) for s in list(self._sessions)),
+            return_exceptions=True,
+        )
         server.close()
         try:
             # Closing waits for each client's close handshake; one that does not read holds

@@ -5,12 +5,16 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stream_agent.alerts.service import AlertService
 from stream_agent.cameras import CameraBoard
 from stream_agent.config import ServerConfig
 from stream_agent.engine import Engine
 from stream_agent.metrics import DaemonMetrics
+
+if TYPE_CHECKING:  # the server only reads frames; it never pulls in the memory's stack
+    from stream_agent.memory.frames import FrameStore
 
 
 class ServerState:
@@ -37,6 +41,8 @@ class ServerContext:
     token: str | None = field(default=None, repr=False)
     model_name: str | None = None
     web_root: Path | None = None
+    frames: FrameStore | None = None
+    """The memory's evidence frames on disk (one per stored block; they survive restarts)."""
     version: str = "dev"
     state: ServerState = field(default_factory=ServerState)
     alerts: AlertService | None = None

@@ -135,7 +135,7 @@ class HttpRoutes:
             name, what = camera_route.group(1), camera_route.group(2)
             if what == "snapshot":
                 return "snapshot", await self._snapshot(name)
-            return "frame", self._evidence_frame(name, parse_qs(parts.query))
+            return "frame", await self._evidence_frame(name, parse_qs(parts.query))
         if path == "/events" or path.startswith("/events/"):
             denied = self._check_token(request)
             if denied is not None:
@@ -206,7 +206,7 @@ class HttpRoutes:
             extra=_frame_headers(frame.pts, frame.wall_time),
         )
 
-    def _evidence_frame(self, name: str, query: dict[str, list[str]]) -> Response:
+    async def _evidence_frame(self, name: str, query: dict[str, list[str]]) -> Response:
         values = query.get("at", [])
         try:
             at = float(values[0]) if len(values) == 1 else math.nan
@@ -216,6 +216,17 @@ class HttpRoutes:
             return response(
                 http.HTTPStatus.BAD_REQUEST,
                 "give the moment as ?at=<Unix seconds>, e.g. ?at=1714564800.5\n",
+            )
+        # the memory's frames first (on disk, one per stored block, kept across restarts),
+        # then the frames the camera board holds in RAM (the newest ones, not yet stored)
+        frames = self._ctx.frames
+        stored = None if frames is None else await asyncio.to_thread(frames.nearest, name, at)
+        if stored is not None:
+            return response(
+                http.HTTPStatus.OK,
+                stored.jpeg,
+                kind="image/jpeg",
+                extra=_frame_headers(stored.pts, stored.wall),
             )
         kept = self._ctx.cameras.frame_at(name, at)
         if kept is None:

@@ -98,6 +98,7 @@ class Session:
         self._closing = False
         self._in_flight: dict[str, AnswerStream] = {}
         self._pumps: set[asyncio.Task[None]] = set()
+        self._pump_of: dict[str, asyncio.Task[None]] = {}
         self._peer = _peer(ws)
         self._close_task: asyncio.Task[None] | None = None
         # alert event subscriptions: id -> unsubscribe; pushes wait in one bounded queue
@@ -169,6 +170,47 @@ class Session:
                 except TimeoutError:
                     await self._disconnect_slow()
                     return
+                except ConnectionClosed:
+                    raise
+                except Exception:  # never die silently: later answers would vanish unsent
+                    log.exception("client %s: a message could not be sent; closing", self.number)
+                    self._closing = True
+                    self._close_task = asyncio.create_task(self._close(1011, "server error"))
+                    return
+                finally:
+                    self._queue.task_done()
+
+    async def end_in_flight(self, grace_s: float) -> None:
+        """Before the connection closes (shutdown, a policy close): cancel the answers in
+        flight, give their own ``answer`` (finish_reason ``cancelled``) ``grace_s`` to come
+        from the engine, send one for each still open, and let the send queue drain, so that
+        every ``ack`` has its terminal message before the close frame."""
+        for stream in self._in_flight.values():
+            stream.cancel()
+        pumps = [self._pump_of[i] for i in self._in_flight if i in self._pump_of]
+        if pumps and grace_s > 0:
+            await asyncio.wait(pumps, timeout=grace_s)
+        for client_id, stream in list(self._in_flight.items()):
+            task = self._pump_of.get(client_id)
+            if task is None or task.done():
+                continue  # its pump queued the terminal message (a pump ends right after it)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            if self._in_flight.get(client_id) is stream:
+                del self._in_flight[client_id]
+            with contextlib.suppress(_Closing, ConnectionClosed):
+                await self._send(
+                    Answer(
+                        id=client_id,
+                        text="",
+                        evidence=(),
+                        timings=Timings(ttft_ms=None, tokens_per_s=None, total_ms=0.0, tokens=0),
+                        finish_reason="cancelled",
+                    )
+                )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(grace_s, 1.0)):
+                await self._queue.join()
 
     def abort(self) -> None:
         """Drop the TCP connection at once (for a shutdown that a client holds up)."""
@@ -294,6 +336,7 @@ class Session:
         await self._error("unauthorized", "the token is not valid", message.id, "auth")
         if self._auth_failures >= MAX_AUTH_FAILURES:
             log.warning("closing client %s (%s): too many failed logins", self.number, self._peer)
+            await self.end_in_flight(0.0)
             self._closing = True
             await self._close(CLOSE_POLICY, "too many failed authentications")
             raise _Closing
@@ -383,6 +426,7 @@ class Session:
             raise
         task = asyncio.create_task(self._pump(ask.id, stream), name=f"ws-answer-{self.number}")
         self._pumps.add(task)
+        self._pump_of[ask.id] = task
         task.add_done_callback(self._pumps.discard)
 
     async def _pump(self, client_id: str, stream: AnswerStream) -> None:
@@ -406,7 +450,10 @@ class Session:
         finally:
             if not stream.finished:
                 stream.cancel()
-            self._in_flight.pop(client_id, None)
+            if self._in_flight.get(client_id) is stream:
+                self._in_flight.pop(client_id, None)
+            if self._pump_of.get(client_id) is asyncio.current_task():
+                self._pump_of.pop(client_id, None)
 
     async def _event_range(self, ask: Ask) -> tuple[str, float, float | None] | None:
         """(camera, since, until) of the event ``ask.event`` names, or None after an error."""
@@ -603,11 +650,13 @@ class Session:
                 tokens=final.tokens,
             ),
             finish_reason=final.finish_reason,
+            notes=final.notes,
         )
 
     def _evidence(self, moment: Moment) -> Evidence:
         url = None
-        if self._ctx.cameras.keeps_evidence and moment.camera in self._ctx.cameras:
+        keeps = self._ctx.frames is not None or self._ctx.cameras.keeps_evidence
+        if keeps and moment.camera in self._ctx.cameras:
             middle = (moment.start_wall + moment.end_wall) / 2.0
             url = f"/cameras/{moment.camera}/frame.jpg?at={middle:.3f}"
         return Evidence(

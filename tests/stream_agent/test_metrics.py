@@ -43,7 +43,6 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stream_agent_ws_slow_client_disconnects": ("counter", ()),
     "stream_agent_http_requests": ("counter", ("route", "status")),
     "stream_agent_evidence_frames_evicted": ("counter", ("camera",)),
-    "stream_agent_engine_checks_dropped": ("counter", ("reason",)),
     "stream_agent_ws_event_drops": ("counter", ()),
     "stream_agent_alert_rule_checks": ("counter", ("rule",)),
     "stream_agent_alert_gate_stops": ("counter", ("rule", "gate")),
@@ -110,7 +109,6 @@ def _filled() -> DaemonMetrics:
     m.http_requests.inc(route="metrics", status="200")
     m.evidence_frames_evicted.inc(9, camera="dock")
     m.ws_event_drops.inc()
-    m.engine_checks_dropped.inc(reason="overflow")
     m.alert_events.inc(rule="at-door", type="start")
     return m
 

@@ -41,6 +41,36 @@ def test_an_unreachable_hub_model_says_how_to_use_a_local_folder(
     assert message.startswith("stream-agent: error: ")
     assert "No model hub is reachable" in message
     assert "--model DIR" in message and "stream-agent make-test-model" in message
+    # an expected failure is one line, not the chain of the loader's tracebacks
+    assert "Traceback" not in done.stderr, done.stderr[-4000:]
+
+
+def test_a_folder_that_is_no_model_is_one_line_and_debug_shows_why(
+    tmp_path: Path, short_clip: Path
+) -> None:
+    folder = tmp_path / "not-a-model"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("no checkpoint here", encoding="utf-8")
+    args = ["--source", f"cam={short_clip}", "--model", str(folder), "--port", "0"]
+    args += ["--store-dir", str(tmp_path / "memory")]
+    done = serve(*args)
+    assert done.returncode == 4, done.stderr[-2000:]
+    assert done.stderr.splitlines()[-1].startswith("stream-agent: error: ")
+    assert "not a model folder" in done.stderr.splitlines()[-1]
+    assert "Traceback" not in done.stderr, done.stderr[-4000:]
+    # the traceback is there for whoever asks for debug output
+    import os
+
+    debug = subprocess.run(
+        [sys.executable, "-m", "stream_agent", "-vv", "serve", *args],
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert debug.returncode == 4
+    assert "Traceback" in debug.stderr
 
 
 def test_config_file_and_flags_are_not_mixed(tmp_path: Path) -> None:

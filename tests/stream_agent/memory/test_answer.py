@@ -72,7 +72,7 @@ def test_layer_zero_retrieves_by_dot_product(
     assert all(len(layer_blocks) == 3 for layer_blocks in prepared.selections)
 
 
-def test_recent_blocks_always_seen_and_time_range_restricts(
+def test_recent_blocks_are_the_newest_within_the_time_range(
     llava: VideoLLM, frame_tokens: list[VisualTokens], make_memory: Callable[..., Memory]
 ) -> None:
     memory = make_memory(llava, window_tokens=32, top_k=2, recent_blocks=2)
@@ -80,10 +80,11 @@ def test_recent_blocks_always_seen_and_time_range_restricts(
     final = _final(memory, time_range=TimeRange(since=WALL0 + 2, until=WALL0 + 4))
     seqs = [e.seq for e in final.evidence]
     assert seqs == sorted(seqs)
-    assert {8, 9} <= set(seqs)
-    assert set(seqs) <= {2, 3, 4, 8, 9}
+    assert {3, 4} <= set(seqs)
+    assert set(seqs) <= {2, 3, 4}
+    assert final.notes == ()
     for e in final.evidence:
-        assert e.recent == (e.seq in (8, 9))
+        assert e.recent == (e.seq in (3, 4))
         assert 0 < e.score <= 1
         assert (e.relevance is None) == e.recent
     only_recent = _final(memory, top_k=0)

@@ -313,7 +313,7 @@ def test_chunked_prefill_equals_the_library_one_shot_forward(
     out = model.model(input_ids=ids, mm_token_type_ids=video * 2, use_cache=True, **kwargs)
     assert_scaled_close(logits, out.logits[0, -1], rel=1e-5)
     assert cache.get_seq_length() == ids.shape[1]
-    for ours, theirs in zip(cache.layers, out.past_key_values.layers, strict=True):
+    for ours, theirs in zip(cache.layers, out.cache.layers, strict=True):
         assert_scaled_close(ours.keys, theirs.keys)
         assert_scaled_close(ours.values, theirs.values)
     # ... and equals our own one-shot prefill of the concatenated chunks

@@ -426,3 +426,30 @@ async def test_stopping_without_a_drain_cancels_answers_in_flight() -> None:
         await asyncio.to_thread(worker.first_token_sent.wait, 5)
         await asyncio.wait_for(h.server.stop(), 10)
         await _wait_for(lambda: h.metrics.answers.value(outcome="cancelled") == 1)
+        # the client got the question's terminal message before the close
+        got = await until_terminal(ws, "cut", timeout=5)
+        assert got[-1]["type"] == "answer" and got[-1]["finish_reason"] == "cancelled", got
+        with pytest.raises(ConnectionClosed):
+            await recv(ws)
+
+
+async def test_a_policy_close_still_ends_every_accepted_question() -> None:
+    gate = threading.Event()
+    async with (
+        running_server(worker=FakeWorker(token_gate=gate), token="s3cret") as h,
+        h.connect(token="s3cret") as ws,
+    ):
+        await recv(ws)
+        await send(ws, {"type": "ask", "id": "open", "question": "q"})
+        assert (await recv(ws))["type"] == "ack"
+        for i in range(5):  # five wrong tokens close the connection (1008) ...
+            await send(ws, {"type": "auth", "token": f"guess{i}"})
+        got: list[dict[str, Any]] = []
+        with pytest.raises(ConnectionClosed) as info:
+            while True:
+                got.append(await recv(ws))
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1008
+        # ... but only after the question in flight got its one terminal message
+        ends = [m for m in got if m.get("id") == "open" and m["type"] in ("answer", "error")]
+        assert len(ends) == 1 and ends[0]["finish_reason"] == "cancelled", got
+        gate.set()

@@ -41,6 +41,7 @@ from stream_agent.models.records import DecodeOptions
 from stream_agent.pipeline.errors import NothingSeenError
 from stream_agent.pipeline.stages import (
     ChainSettings,
+    FrameNote,
     VisionChain,
     answer_events,
     append_blocks,
@@ -79,9 +80,12 @@ class ModelWorker:
         load: ModelLoader,
         model_name: str,
         decode: DecodeOptions | None = None,
+        on_frame: FrameNote | None = None,
         frames: FrameStore | None = None,
     ) -> None:
+        """``on_frame`` hears of every encoded frame with the cacher's changed-token share."""
         self._config = config
+        self._on_frame = on_frame
         self._frames = frames
         self._load = load
         self.model_name = model_name
@@ -264,6 +268,6 @@ class ModelWorker:
         camera = self._cameras.get(name)
         if camera is None:
             assert self._model is not None and self._settings is not None
-            camera = _Camera(VisionChain(name, self._model, self._settings))
+            camera = _Camera(VisionChain(name, self._model, self._settings, self._on_frame))
             self._cameras[name] = camera
         return camera

@@ -56,7 +56,7 @@ from stream_agent.engine import (  # noqa: E402
     question_received_now,
 )
 from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore  # noqa: E402
-from stream_agent.engine.records import Final  # noqa: E402
+from stream_agent.answers import AnswerFinal  # noqa: E402
 from stream_agent.memory import CheckCondition, FrameStamp, Memory, MemoryOptions  # noqa: E402
 from stream_agent.models.base import VideoLLM  # noqa: E402
 from stream_agent.models.records import DecodeOptions  # noqa: E402
@@ -144,9 +144,10 @@ async def ask_all(engine: Engine, count: int, gap_s: float) -> list[float]:
         await asyncio.sleep(gap_s * (0.3 + 0.4 * (i % 2)))  # land at different points of a check
         q = Question(f"q{i}", QUESTION, camera=CAMERA, received_at=question_received_now())
         _, final = await engine.ask(q).collect()
-        assert isinstance(final, Final), final
+        assert isinstance(final, AnswerFinal), final
         # random weights may decode tokens without text: then the answer's time stands in
-        ttfts.append(final.ttft_s if final.ttft_s is not None else final.total_s)
+        t = final.timings
+        ttfts.append(t.ttft_s if t.ttft_s is not None else t.total_s)
     return ttfts
 
 

@@ -46,6 +46,7 @@ from bench.bench_memory import Stream  # noqa: E402
 from ingest import IngestOptions, open_source  # noqa: E402
 from ingest.records import Frame  # noqa: E402
 from stream_agent.alerts import gates  # noqa: E402
+from stream_agent.answers import AnswerFinal  # noqa: E402
 from stream_agent.config import CacherConfig, EngineConfig, PrunerConfig  # noqa: E402
 from stream_agent.engine import (  # noqa: E402
     AnswerEvent,
@@ -56,7 +57,6 @@ from stream_agent.engine import (  # noqa: E402
     question_received_now,
 )
 from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore  # noqa: E402
-from stream_agent.answers import AnswerFinal  # noqa: E402
 from stream_agent.memory import CheckCondition, FrameStamp, Memory, MemoryOptions  # noqa: E402
 from stream_agent.models.base import VideoLLM  # noqa: E402
 from stream_agent.models.records import DecodeOptions  # noqa: E402

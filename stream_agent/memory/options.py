@@ -173,6 +173,19 @@ class MemoryOptions:
             "retrieval": section.retrieval,
         }
         if hasattr(section, "compression"):
-            values["compression"] = section.compression
+            values["compression"] = _plain_compression(section.compression)
         values.update(overrides)
         return cls(**values)
+
+
+def _plain_compression(value: Any) -> Any:
+    """The config section's compression (names, pydantic models, tuples) as names and dicts of
+    the settings given (the memory's defaults fill the rest)."""
+    if isinstance(value, list | tuple):
+        return [_plain_compression(v) for v in value]
+    dump = getattr(value, "model_dump", None)
+    if dump is not None:
+        given = dump(exclude_unset=True)
+        given["method"] = value.method
+        return given
+    return value

@@ -311,3 +311,26 @@ def test_layers_scale_with_depth() -> None:
     assert scaled_layer(18, 28, 24) == 15
     assert scaled_layer(18, 28, 28) == 18
     assert scaled_layer(3, 28, 2) == 1 and scaled_layer(19, 28, 2) == 1
+
+
+def test_the_config_section_mounts_the_option(tmp_path: Path) -> None:
+    from pydantic import ValidationError
+
+    from stream_agent.config.sections import MemoryConfig
+
+    section = MemoryConfig.model_validate(
+        {
+            "store_dir": str(tmp_path),
+            "compression": [{"method": "metok", "prune": 0.5}, "dycoke"],
+        }
+    )
+    options = MemoryOptions.from_config(section)
+    metok, dycoke = options.compression
+    assert metok.method == "metok" and metok.settings.prune == 0.5  # type: ignore[union-attr]
+    assert metok.settings.deep_prune == 1.0  # type: ignore[union-attr]
+    assert dycoke.method == "dycoke"
+    assert MemoryOptions.from_config(MemoryConfig()).compression == ()
+    with pytest.raises(ValidationError):
+        MemoryConfig.model_validate({"compression": {"method": "dycoke", "ratio": 0.5}})
+    with pytest.raises(ValidationError):
+        MemoryConfig.model_validate({"compression": "zip"})

@@ -131,9 +131,10 @@ def speed_arm(args: argparse.Namespace, names: list[str]) -> dict[str, Any]:
                     "peak_answer_mb": statistics.median(peaks),
                     "context_tokens": contexts[-1],
                 }
+                row = out[name]
                 print(
-                    f"  {name:22s} TTFT {out[name]['ttft_s']:.3f} s, "
-                    f"{out[name]['tokens_per_s']:.1f} tok/s, peak +{out[name]['peak_answer_mb']:.0f} MB",
+                    f"  {name:22s} TTFT {row['ttft_s']:.3f} s, {row['tokens_per_s']:.1f} tok/s, "
+                    f"peak +{row['peak_answer_mb']:.0f} MB",
                     flush=True,
                 )
             memory.options = base

@@ -254,9 +254,9 @@ class MemoryConfig(_Section):
     """internal: ReKV's per-layer question query against each block's mean key; embedding:
     the question's token embeddings against each block's embedding sketch, one selection for
     all layers; hybrid: half of top_k by embedding, the rest per layer."""
-    compression: CompressionName | CompressionMethod | tuple[
-        CompressionName | CompressionMethod, ...
-    ] = "none"
+    compression: (
+        CompressionName | CompressionMethod | tuple[CompressionName | CompressionMethod, ...]
+    ) = "none"
     """In-context compression of the answer path: a method name, a method with settings
     (``{method: metok, prune: 0.5}``) or a list of them combined; off (``none``) by default."""
 

@@ -12,7 +12,9 @@ assistant's turn) runs through the LLM one decoder layer at a time. At layer ``l
    renumbered from 0, see :mod:`~.layout`) that ends where the suffix starts, each block's
    stored keys re-rotated there;
 4. the answer's :class:`~.compression.base.InContextCompressor` may narrow what of that context
-   the layer sees (``none``, the default, keeps all);
+   the layer sees (``none``, the default, keeps all): before assembly by naming the tokens of
+   each block to load (``select_tokens``), after it by a keep-set (``prefill_layer``) to which
+   the buffer is compacted; while decoding, a step's keep-set (``decode_layer``) is gathered;
 5. the library's decoder layer runs the suffix over that context (writing the suffix's own K/V
    after it), giving layer ``l + 1``'s input, whose queries depend on what layer ``l`` saw.
 
@@ -132,7 +134,10 @@ class AnswerPass:
             )
         gap = limit - placement.end
         picks = [None if offsets is None else offsets.get(c.key) for c in chosen]
-        sizes = [c.meta.tokens if p is None else int(p.numel()) for c, p in zip(chosen, picks)]
+        sizes = [
+            c.meta.tokens if p is None else int(p.numel())
+            for c, p in zip(chosen, picks, strict=True)
+        ]
         tokens = sum(sizes)
         capacity = sink_tokens + tokens + extra
         shape = (1, r.kv_heads, capacity, r.head_dim)
@@ -146,7 +151,9 @@ class AnswerPass:
             block_values: list[torch.Tensor] = []
             block_deltas: list[torch.Tensor] = []
             at = sink_tokens
-            for cand, new, pick, size in zip(chosen, placement.positions, picks, sizes):
+            for cand, new, pick, size in zip(
+                chosen, placement.positions, picks, sizes, strict=True
+            ):
                 placed = new + gap
                 if pick is not None:
                     placed = placed[:, pick]

@@ -48,9 +48,8 @@ class CompressionSpec:
     def describe(self) -> str:
         if self.settings is None:
             return self.method
-        parts = ", ".join(
-            f"{f.name}={getattr(self.settings, f.name)}" for f in fields(self.settings)
-        )  # type: ignore[arg-type]
+        settings: Any = self.settings
+        parts = ", ".join(f"{f.name}={getattr(settings, f.name)}" for f in fields(settings))
         return f"{self.method}({parts})"
 
 

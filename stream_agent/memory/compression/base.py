@@ -10,9 +10,14 @@ question's) and an :class:`AttentionProbe` of the layer before (its attention we
 rows it just ran, computed on demand), and returns which context slots the layer may see. It
 may also edit the layer's context K/V in place (the buffer is the answer's own copy; the stored
 blocks are never touched). Pruned slots keep their positions (keys are already rotated), so
-nothing is re-laid out; a hidden slot gets no attention at all (the softmax runs over the kept
-ones only), exactly as if it had been cut from the buffer, so the pass may later compact the
-buffers to save memory without changing this interface. The probe recomputes the weights
+nothing is re-laid out; a hidden slot gets no attention at all, exactly as if it had been cut
+from the buffer, and that is what the pass does: it compacts a pruned layer's buffer to the
+kept slots before the layer runs (so the layer and every decoding step attend over fewer keys,
+and the dropped K/V is freed), and it gathers a decoding step's keep-set rather than masking.
+Before a layer's context is even assembled, :meth:`InContextCompressor.select_tokens` may name
+the tokens of each block the layer needs (a keep-set carried from an earlier layer), so that
+the rest are not loaded or re-rotated at all; :attr:`ContextBlock.offsets` then says which of
+a block's tokens its slots hold. The probe recomputes the weights
 (the library's fused attention kernels do not return them) with the layer's own modules.
 
 Hooks (one compressor instance per answer, so it may keep state across layers and steps):
@@ -22,7 +27,7 @@ Hooks (one compressor instance per answer, so it may keep state across layers an
 - :meth:`InContextCompressor.decode_layer`: per decoding step, per layer, before the layer runs
   the new token; its keep-set holds for that step only (on top of the prefill one).
 
-How the next issue's methods map onto it. Per-layer retrieval means neighbouring layers may
+How the three methods map onto it (:mod:`.dycoke`, :mod:`.holitom`, :mod:`.metok`). Per-layer retrieval means neighbouring layers may
 hold different blocks, so a method that scores at one layer and prunes at another carries its
 scores by block and offset (``ContextBlock.candidate.key`` plus the token's offset inside
 ``ContextBlock.slots``); blocks the scoring layer did not hold are kept.
@@ -99,8 +104,9 @@ class LayerContext:
     (post-RoPE keys, values); slots ``sink`` hold the attention sink, ``blocks`` the retrieved
     and recent blocks (time order) up to ``context_slots``; ``rows`` are the slots of the rows
     the layer runs now (the suffix in the prefill, the new token in a step), ``question_rows``
-    the question's own rows as offsets into the suffix (for the query scores). ``kept`` is the
-    keep-set the prefill hook returned for this layer (None: all), during decoding.
+    the question's own rows as offsets into the suffix (for the query scores). ``kept``: the
+    prefill keep-set still to apply while decoding (None: the pass compacted the buffer to it,
+    which it always does today).
     """
 
     layer: int

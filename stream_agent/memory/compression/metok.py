@@ -40,8 +40,8 @@ from stream_agent.memory.compression.base import (
     visual_attention,
 )
 from stream_agent.memory.errors import MemoryConfigError
-from stream_agent.memory.runner import LayerRunner
 from stream_agent.memory.records import Candidate
+from stream_agent.memory.runner import LayerRunner
 
 PAPER_DEPTH = 28
 PAPER_LAYERS = (3, 10, 19)

@@ -287,7 +287,7 @@ def test_every_method_with_every_retrieval_mode_and_a_restart(
 
 
 def test_settings_are_validated(tmp_path: Path) -> None:
-    with pytest.raises(MemoryConfigError, match="unknown memory.compression dycoke settings"):
+    with pytest.raises(MemoryConfigError, match=r"unknown memory\.compression dycoke settings"):
         MemoryOptions(store_dir=tmp_path, compression={"method": "dycoke", "ratio": 0.5})
     with pytest.raises(MemoryConfigError, match="prune"):
         MemoryOptions(store_dir=tmp_path, compression={"method": "holitom", "prune": 1.5})

@@ -27,10 +27,11 @@ Hooks (one compressor instance per answer, so it may keep state across layers an
 - :meth:`InContextCompressor.decode_layer`: per decoding step, per layer, before the layer runs
   the new token; its keep-set holds for that step only (on top of the prefill one).
 
-How the three methods map onto it (:mod:`.dycoke`, :mod:`.holitom`, :mod:`.metok`). Per-layer retrieval means neighbouring layers may
-hold different blocks, so a method that scores at one layer and prunes at another carries its
-scores by block and offset (``ContextBlock.candidate.key`` plus the token's offset inside
-``ContextBlock.slots``); blocks the scoring layer did not hold are kept.
+How the three methods map onto it (:mod:`.dycoke`, :mod:`.holitom`, :mod:`.metok`).
+Per-layer retrieval means neighbouring layers may hold different blocks, so a method that
+scores at one layer and prunes at another carries its scores by block and offset
+(``ContextBlock.key`` plus the token's offset, ``ContextBlock.token_offsets``); blocks the
+scoring layer did not hold are kept.
 
 - **DyCoke** (stage 2, decode-time KV pruning from layer ``L``): in ``decode_layer`` for layer
   ``L``, ``previous`` is layer ``L - 1`` at this step; take the new token's attention over the

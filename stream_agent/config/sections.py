@@ -213,6 +213,41 @@ class PrunerConfig(_Section):
         return self
 
 
+class DyCokeCompression(_Section):
+    """DyCoke's decode-time pruning of the retrieved KV (see docs/config.md)."""
+
+    method: Literal["dycoke"]
+    prune: float = Field(default=0.7, ge=0, lt=1)
+    layer: int | None = Field(default=None, ge=1)
+    threshold: float = Field(default=0.9, ge=-1, le=1)
+
+
+class HoliTomCompression(_Section):
+    """HoliTom's once-at-a-middle-layer keep-and-merge (see docs/config.md)."""
+
+    method: Literal["holitom"]
+    prune: float = Field(default=0.5, ge=0, lt=1)
+    layer: int | None = Field(default=None, ge=1)
+    merge: bool = True
+
+
+class METokCompression(_Section):
+    """METok's prefill pruning at a few layers (see docs/config.md)."""
+
+    method: Literal["metok"]
+    prune: float = Field(default=0.24, ge=0, le=1)
+    non_key_prune: float = Field(default=0.62, ge=0, le=1)
+    deep_prune: float = Field(default=1.0, ge=0, le=1)
+    key_events: int = Field(default=3, ge=0)
+    layers: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+
+
+CompressionName = Literal["none", "dycoke", "holitom", "metok"]
+CompressionMethod = Annotated[
+    DyCokeCompression | HoliTomCompression | METokCompression, Field(discriminator="method")
+]
+
+
 class MemoryConfig(_Section):
     """ReKV memory: sliding window, retrieval and where the KV blocks live."""
 
@@ -226,6 +261,11 @@ class MemoryConfig(_Section):
     """internal: ReKV's per-layer question query against each block's mean key; embedding:
     the question's token embeddings against each block's embedding sketch, one selection for
     all layers; hybrid: half of top_k by embedding, the rest per layer."""
+    compression: (
+        CompressionName | CompressionMethod | tuple[CompressionName | CompressionMethod, ...]
+    ) = "none"
+    """In-context compression of the answer path: a method name, a method with settings
+    (``{method: metok, prune: 0.5}``) or a list of them combined; off (``none``) by default."""
 
 
 class EngineConfig(_Section):

@@ -227,8 +227,9 @@ class CheckPass:
         embeddings = r.position_embeddings(positions)
         hidden = embeds[None].to(device=r.device, dtype=r.dtype)
         cache = SlotCache([])
+        recent_keys = {c.key for c in chosen}  # a check sees only the recent blocks
         for layer in range(r.num_layers):
-            slot_layer = answer_pass._assemble(layer, chosen, start, rows)
+            slot_layer, _ = answer_pass._assemble(layer, chosen, start, rows, recent_keys)
             slot_layer.plan(slice(context, context + rows), context + rows)
             cache.add(slot_layer)
             hidden = r.run_layer(layer, hidden, embeddings, cache, mask)

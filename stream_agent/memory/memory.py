@@ -384,7 +384,7 @@ class Memory:
                 recent=recent,
                 top_k=k,
                 loader=self.tiers.load,
-                compressor=make_compressor(self.options.compression),
+                compressor=make_compressor(self.options.compression, self.runner),
             )
             suffix, offset, notes = planner.fit_top_k(answer_pass, layout, max_new_tokens)
             rows = planner.question_rows(layout, offset)

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import torch
 
-from stream_agent.memory.compression import COMPRESSORS
+from stream_agent.memory.compression import CompressionSpec, parse_compression
 from stream_agent.memory.errors import MemoryConfigError
 from stream_agent.memory.retrieval import RETRIEVERS
 
@@ -56,8 +56,10 @@ class MemoryOptions:
       retrieval's best half of ``top_k`` (rounded up), then fills the rest with its own picks.
     - ``sketch_vectors``: embedding vectors kept per block for ``"embedding"`` retrieval.
     - ``compression``: the in-context compression applied to each layer's assembled context
-      during the answer (:mod:`~stream_agent.memory.compression`; ``"none"``, the default,
-      leaves it whole).
+      during the answer (:mod:`~stream_agent.memory.compression`): a method name (``"none"``,
+      the default, leaves it whole; ``"dycoke"``, ``"holitom"``, ``"metok"``), a mapping
+      ``{"method": name, **settings}`` or a list of them (combined); kept as the validated
+      tuple of :class:`~.compression.CompressionSpec` (empty: none).
     - ``index_ram_blocks``: per stream, the newest blocks whose retrieval rows (representative
       keys; sketches too when ``retrieval`` uses them) stay in RAM; older blocks' rows are read
       from the SQLite index at question time, so RAM does not grow with the stream's length.
@@ -91,7 +93,7 @@ class MemoryOptions:
     query_rows: QueryRows = "question"
     retrieval: Retrieval = "internal"
     sketch_vectors: int = 8
-    compression: str = "none"
+    compression: Any = "none"
     index_ram_blocks: int = 512
 
     def __post_init__(self) -> None:
@@ -136,11 +138,8 @@ class MemoryOptions:
                 "memory.retrieval must be 'internal', 'embedding' or 'hybrid', got "
                 f"{self.retrieval!r}"
             )
-        if self.compression not in COMPRESSORS:
-            raise MemoryConfigError(
-                f"memory.compression must be one of {', '.join(map(repr, COMPRESSORS))}, got "
-                f"{self.compression!r}"
-            )
+        specs: tuple[CompressionSpec, ...] = parse_compression(self.compression)
+        object.__setattr__(self, "compression", specs)
         if self.query_rows not in ("question", "prompt"):
             raise MemoryConfigError(
                 f"memory.query_rows must be 'question' or 'prompt', got {self.query_rows!r}"
@@ -174,6 +173,19 @@ class MemoryOptions:
             "retrieval": section.retrieval,
         }
         if hasattr(section, "compression"):
-            values["compression"] = section.compression
+            values["compression"] = _plain_compression(section.compression)
         values.update(overrides)
         return cls(**values)
+
+
+def _plain_compression(value: Any) -> Any:
+    """The config section's compression (names, pydantic models, tuples) as names and dicts of
+    the settings given (the memory's defaults fill the rest)."""
+    if isinstance(value, list | tuple):
+        return [_plain_compression(v) for v in value]
+    dump = getattr(value, "model_dump", None)
+    if dump is not None:
+        given = dump(exclude_unset=True)
+        given["method"] = value.method
+        return given
+    return value

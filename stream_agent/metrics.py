@@ -377,6 +377,11 @@ class DaemonMetrics:
             "Frames the engine shed (reason: overflow, shutdown, not_ready, error)",
             ("camera", "reason"),
         )
+        self.engine_checks_dropped = r.counter(
+            "stream_agent_engine_checks_dropped_total",
+            "Rule checks the engine shed (reason: overflow, shutdown)",
+            ("reason",),
+        )
         self.engine_frame_lag = r.scraped_gauge(
             "stream_agent_engine_frame_lag_seconds",
             "Wall time from a frame's capture to the end of its encoding (last batch)",
@@ -423,6 +428,54 @@ class DaemonMetrics:
             "stream_agent_http_requests_total",
             "HTTP requests served, by route and status",
             ("route", "status"),
+        )
+        self.ws_event_drops = r.counter(
+            "stream_agent_ws_event_drops_total",
+            "Alert event pushes dropped because a connection's event queue was full",
+        )
+        # alerts (scraped from the alert service, except the events, counted as they happen)
+        self.alert_rule_checks = r.scraped_counter(
+            "stream_agent_alert_rule_checks_total",
+            "Rule checks that reached the model, by rule",
+            ("rule",),
+        )
+        self.alert_gate_stops = r.scraped_counter(
+            "stream_agent_alert_gate_stops_total",
+            "Rule checks stopped before the model, by rule and gate",
+            ("rule", "gate"),
+        )
+        self.alert_events = r.counter(
+            "stream_agent_alert_events_total",
+            "Alert event lifecycle steps (start, update, end), by rule",
+            ("rule", "type"),
+        )
+        self.alert_rules = r.scraped_gauge("stream_agent_alert_rules", "Alert rules in force")
+        self.alert_open_events = r.scraped_gauge(
+            "stream_agent_alert_open_events", "Alert events now open"
+        )
+        self.mqtt_state = r.scraped_gauge(
+            "stream_agent_mqtt_connection_state",
+            "1 for the MQTT connection's current state (connecting, online, offline, refused, "
+            "stopped, disabled)",
+            ("state",),
+        )
+        self.mqtt_connects = r.scraped_counter(
+            "stream_agent_mqtt_connects_total", "Successful connections to the MQTT broker"
+        )
+        self.mqtt_outbox = r.scraped_gauge(
+            "stream_agent_mqtt_outbox_messages", "Event messages waiting in the MQTT outbox"
+        )
+        self.mqtt_outbox_dropped = r.scraped_counter(
+            "stream_agent_mqtt_outbox_dropped_total",
+            "Event messages dropped from the full MQTT outbox (oldest first)",
+        )
+        self.mqtt_transient_dropped = r.scraped_counter(
+            "stream_agent_mqtt_transient_dropped_total",
+            "Non-event MQTT messages (stats, command replies) dropped while offline",
+        )
+        self.mqtt_delivered = r.scraped_counter(
+            "stream_agent_mqtt_delivered_total",
+            "Event messages the broker acknowledged",
         )
         self.evidence_frames_evicted = r.counter(
             "stream_agent_evidence_frames_evicted_total",

@@ -28,6 +28,8 @@ from pydantic import (
 )
 
 from ingest.redact import redact_url
+from stream_agent.alerts.config import AlertsConfig, MqttConfig
+from stream_agent.alerts.topics import RESERVED_CAMERA_NAMES
 from stream_agent.durations import check_seconds, parse_duration
 
 DEFAULT_MODEL_ID = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
@@ -92,6 +94,11 @@ class ServerConfig(_Section):
     """Larger messages close the connection (code 1009): the memory bound of one read."""
     max_questions_in_flight: int = Field(default=2, ge=1, le=64)
     send_queue_messages: int = Field(default=256, ge=4)
+    max_subscriptions: int = Field(default=16, ge=1, le=1000)
+    """Alert event subscriptions per connection."""
+    event_queue_messages: int = Field(default=128, ge=1, le=100_000)
+    """Per connection: alert event pushes waiting to be sent; beyond it the oldest is dropped
+    (counted in ``stream_agent_ws_event_drops_total``)."""
     write_limit_bytes: int = Field(default=65_536, ge=1024)
     slow_client_timeout_s: Seconds = Field(default=5.0, gt=0)
     auth_timeout_s: Seconds = Field(default=10.0, gt=0)
@@ -254,6 +261,10 @@ class DaemonConfig(_Section):
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    mqtt: MqttConfig | None = None
+    """The MQTT broker the alerts publish to (docs/alerts.md); None: no MQTT."""
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    """Alert rules and their history (docs/alerts.md)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
@@ -261,8 +272,44 @@ class DaemonConfig(_Section):
         for cam in self.cameras:
             if cam.name in seen:
                 raise ValueError(f"two cameras are named {cam.name!r}; names must be unique")
+            if cam.name in RESERVED_CAMERA_NAMES:
+                raise ValueError(
+                    f"camera name {cam.name!r} is reserved (an MQTT topic of the alerts: "
+                    f"{', '.join(sorted(RESERVED_CAMERA_NAMES))}); choose another"
+                )
             seen.add(cam.name)
         return self
+
+    @model_validator(mode="after")
+    def _check_alerts(self) -> Self:
+        if self.alerts.mqtt is not None:
+            raise ValueError(
+                "alerts.mqtt: the broker settings are the top-level 'mqtt:' section; "
+                "move them there"
+            )
+        names = {c.name for c in self.cameras}
+        for rule in self.alerts.rules:
+            if rule.cameras == "all":
+                continue
+            unknown = [c for c in rule.cameras if c not in names]
+            if unknown:
+                raise ValueError(
+                    f"alerts rule {rule.name!r}: no camera named {unknown[0]!r}; cameras: "
+                    f"{', '.join(sorted(names))}"
+                )
+        return self
+
+    @property
+    def alerts_config(self) -> AlertsConfig:
+        """The alerts section with the top-level ``mqtt`` section inside (what
+        :func:`stream_agent.alerts.build.build_alerts` takes)."""
+        return self.alerts.model_copy(update={"mqtt": self.mqtt})
+
+    @property
+    def alerts_data_dir(self) -> Path:
+        """Where the rule store, event history, outbox and event frames live by default: the
+        memory's store folder."""
+        return self.memory.store_dir
 
     @property
     def enabled_cameras(self) -> tuple[CameraConfig, ...]:
@@ -297,4 +344,9 @@ class DaemonConfig(_Section):
             f"memory: top-{self.memory.top_k}, RAM {self.memory.ram_budget.human_readable()}, "
             f"disk {self.memory.disk_budget.human_readable()} in {self.memory.store_dir}"
         )
+        mq = self.mqtt
+        broker = "no MQTT" if mq is None else f"MQTT {mq.host}:{mq.port} prefix {mq.prefix}"
+        if mq is not None and mq.username is not None:
+            broker += f" (user {mq.username})"
+        lines.append(f"alerts: {len(self.alerts.rules)} rule(s) in the file; {broker}")
         return "\n".join(lines)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -160,6 +160,11 @@ class ChainStats:
     resets: int
 
 
+FrameNote = Callable[[str, float, float | None], None]
+"""(camera, frame wall time, the cacher's changed-token share of its step or None): called on
+the engine thread for every encoded frame (the alerts' motion gate listens)."""
+
+
 class VisionChain:
     """One camera's frames -> memory blocks: preprocess, patch embedding, STC-Cacher, the
     family's head, the pruner. Frames are grouped into the model's steps (two frames per step
@@ -170,8 +175,10 @@ class VisionChain:
         camera: str,
         model: VideoLLM,
         settings: ChainSettings,
+        on_frame: FrameNote | None = None,
     ) -> None:
         self.camera = camera
+        self._on_frame = on_frame
         self._model = model
         spec = model.vision_spec
         self._frames_per_step = max(1, spec.frames_per_step)
@@ -212,6 +219,13 @@ class VisionChain:
         )
         tokens = model.tokens_from_hidden(cacher.stack_hidden([encoded]))[0]
         first, last = frames[0], frames[-1]
+        if self._on_frame is not None:
+            share = encoded.stats.recomputed_share
+            for frame in frames:
+                try:
+                    self._on_frame(self.camera, frame.wall_time, share)
+                except Exception:  # a listener must never stop the encoding
+                    log.exception("the frame listener of camera %s failed", self.camera)
         stamp = FrameStamp(
             seq=first.seq,
             pts=first.pts,

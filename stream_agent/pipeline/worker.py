@@ -17,19 +17,23 @@ a picture from before the break.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from stream_agent.config import DaemonConfig
+from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore, describe_prompt
 from stream_agent.engine.records import (
     AnswerEvent,
     CameraMemory,
     FrameBatch,
+    Moment,
     Question,
+    TextDelta,
     WorkerStatus,
 )
-from stream_agent.memory import Memory, MemoryOptions
+from stream_agent.memory import CheckCondition, Memory, MemoryOptions
 from stream_agent.memory.frames import FrameStore
 from stream_agent.models.base import VideoLLM
 from stream_agent.models.loading import ModelLoader
@@ -37,6 +41,7 @@ from stream_agent.models.records import DecodeOptions
 from stream_agent.pipeline.errors import NothingSeenError
 from stream_agent.pipeline.stages import (
     ChainSettings,
+    FrameNote,
     VisionChain,
     answer_events,
     append_blocks,
@@ -76,9 +81,12 @@ class ModelWorker:
         model_name: str,
         decode: DecodeOptions | None = None,
         frames: FrameStore | None = None,
+        on_frame: FrameNote | None = None,
     ) -> None:
+        """``on_frame`` hears of every encoded frame with the cacher's changed-token share."""
         self._config = config
         self._frames = frames
+        self._on_frame = on_frame
         self._load = load
         self.model_name = model_name
         self.opened: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -177,6 +185,54 @@ class ModelWorker:
             cancel=cancel,
         )
 
+    def check(self, camera: str, conditions: Sequence[RuleCondition]) -> tuple[RuleScore, ...]:
+        """Score the conditions over ``camera``'s recent blocks in one batched forward
+        (:meth:`Memory.check`). It looks at the blocks already encoded: unlike a question it
+        does not flush what a windowed pruner holds back (checks come every few seconds and
+        would cut every pruning window short)."""
+        memory = self._require_memory()
+        self._require_stream(memory, camera)
+        results = memory.check(camera, [CheckCondition(c.text, c.since) for c in conditions])
+        return tuple(
+            RuleScore(
+                score=r.score,
+                moments=tuple(
+                    Moment(camera, m.pts_start, m.pts_end, m.wall_start, m.wall_end, 1.0)
+                    for m in r.blocks
+                ),
+            )
+            for r in results
+        )
+
+    def describe(self, request: DescribeRequest) -> str:
+        """The answer path with :func:`describe_prompt`, within the request's time range, at
+        most ``request.max_new_tokens`` tokens (greedy, as questions)."""
+        memory = self._require_memory()
+        self._require_stream(memory, request.camera)
+        options = dataclasses.replace(self._decode, max_new_tokens=request.max_new_tokens)
+        text = [
+            event.text
+            for event in answer_events(
+                memory,
+                describe_prompt(request.condition),
+                camera=request.camera,
+                since=request.since,
+                until=request.until,
+                options=options,
+                cancel=threading.Event(),
+            )
+            if isinstance(event, TextDelta)
+        ]
+        return "".join(text).strip()
+
+    @staticmethod
+    def _require_stream(memory: Memory, camera: str) -> None:
+        if camera not in memory_streams(memory):
+            raise NothingSeenError(
+                f"camera {camera!r} has not delivered any frame to the memory yet; "
+                "check again once it is online"
+            )
+
     def status(self) -> WorkerStatus:
         memory = self._memory
         if memory is None:
@@ -212,6 +268,6 @@ class ModelWorker:
         camera = self._cameras.get(name)
         if camera is None:
             assert self._model is not None and self._settings is not None
-            camera = _Camera(VisionChain(name, self._model, self._settings))
+            camera = _Camera(VisionChain(name, self._model, self._settings, self._on_frame))
             self._cameras[name] = camera
         return camera

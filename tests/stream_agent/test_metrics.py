@@ -42,6 +42,19 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stream_agent_ws_slow_client_disconnects": ("counter", ()),
     "stream_agent_http_requests": ("counter", ("route", "status")),
     "stream_agent_evidence_frames_evicted": ("counter", ("camera",)),
+    "stream_agent_engine_checks_dropped": ("counter", ("reason",)),
+    "stream_agent_ws_event_drops": ("counter", ()),
+    "stream_agent_alert_rule_checks": ("counter", ("rule",)),
+    "stream_agent_alert_gate_stops": ("counter", ("rule", "gate")),
+    "stream_agent_alert_events": ("counter", ("rule", "type")),
+    "stream_agent_alert_rules": ("gauge", ()),
+    "stream_agent_alert_open_events": ("gauge", ()),
+    "stream_agent_mqtt_connection_state": ("gauge", ("state",)),
+    "stream_agent_mqtt_connects": ("counter", ()),
+    "stream_agent_mqtt_outbox_messages": ("gauge", ()),
+    "stream_agent_mqtt_outbox_dropped": ("counter", ()),
+    "stream_agent_mqtt_transient_dropped": ("counter", ()),
+    "stream_agent_mqtt_delivered": ("counter", ()),
 }
 
 
@@ -66,6 +79,16 @@ def _filled() -> DaemonMetrics:
         m.engine_queue_depth.set(2, kind="frames")
         m.engine_queue_depth.set(0, kind="questions")
         m.engine_frame_lag.set(0.125, camera="dock")
+        m.alert_rule_checks.mirror(3, rule="at-door")
+        m.alert_gate_stops.mirror(2, rule="at-door", gate="motion")
+        m.alert_rules.set(1)
+        m.alert_open_events.set(0)
+        m.mqtt_state.set(1, state="online")
+        m.mqtt_connects.mirror(1)
+        m.mqtt_outbox.set(0)
+        m.mqtt_outbox_dropped.mirror(0)
+        m.mqtt_transient_dropped.mirror(0)
+        m.mqtt_delivered.mirror(4)
 
     m.registry.add_collector(refresh)
     m.engine_frames_encoded.inc(5, camera="dock")
@@ -84,6 +107,9 @@ def _filled() -> DaemonMetrics:
     m.ws_slow_disconnects.inc()
     m.http_requests.inc(route="metrics", status="200")
     m.evidence_frames_evicted.inc(9, camera="dock")
+    m.ws_event_drops.inc()
+    m.engine_checks_dropped.inc(reason="overflow")
+    m.alert_events.inc(rule="at-door", type="start")
     return m
 
 

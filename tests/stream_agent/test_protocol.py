@@ -234,3 +234,45 @@ def test_status_cameras_carry_span_compression_and_lag(
     if start is not None:
         memory = wire["memory"]
         assert parse_wall_time(memory["start_time"]) <= parse_wall_time(memory["end_time"])
+
+
+def test_alert_messages_round_trip() -> None:
+    from stream_agent.protocol import (
+        EventPush,
+        EventsQuery,
+        EventsReply,
+        RuleCommand,
+        RuleResult,
+        Subscribe,
+        Subscribed,
+        Unsubscribe,
+        Unsubscribed,
+    )
+
+    client_messages = [
+        RuleCommand("r", {"op": "add", "rule": {"name": "x", "condition": "Is it?"}}),
+        Subscribe("s"),
+        Subscribe("s", camera="dock", rule="x"),
+        Unsubscribe("s"),
+        EventsQuery("e"),
+        EventsQuery("e", camera="dock", rule="x", since=TimeBound(ago_s=3600.0), limit=5),
+        Ask("a", "Who?", event="1764850000.250-x-dock-3fa9c1"),
+    ]
+    for message in client_messages:
+        assert parse_client_message(encode(message)) == message
+    record = {"id": "1-x-dock-abcdef", "rule": "x", "camera": "dock", "active": True}
+    server_messages: list[ServerMessage] = [
+        RuleResult("r", {"op": "list", "ok": True, "rules": []}),
+        Subscribed("s"),
+        Unsubscribed("s"),
+        EventPush("s", {"type": "start", "id": record["id"], "before": None, "after": record}),
+        EventsReply("e", ({**record, "type": "start"},)),
+        StatusReply(
+            "s", "m", True, "ok", (), 0, 0, {"mqtt": {"state": "online", "reason": ""}, "rules": 1}
+        ),
+        Error("unknown_event", "no such event", "a", "ask"),
+    ]
+    for message in server_messages:
+        assert parse_server_message(encode(message)) == message
+    assert encode(RuleResult("r", {"ok": True, "op": "get"})).startswith('{"ok":true')
+    assert "alerts" not in StatusReply("s", "m", True, "ok", (), 0, 0).to_wire()

@@ -260,3 +260,62 @@ async def test_alerts_through_the_real_parts(
     finally:
         daemon.close()
         broker.kill()
+
+
+async def test_a_broker_that_refuses_us_blocks_nothing(
+    tmp_path: Path, tiny_llava: Path, short_clip: Path
+) -> None:
+    """Wrong credentials: MQTT is ``refused``, while frames, memory, answers and readiness go
+    on; a rule's events still reach the history and WebSocket subscribers."""
+    broker = Mosquitto(tmp_path / "broker", users={"stream-agent": "right"})
+    broker.start()
+    rule = {**PERSON_RULE, "gates": {"person": False, "motion": None}, "min_duration_s": 0}
+    config = write_config(
+        tmp_path / "daemon.yaml",
+        cameras=[{"name": CAMERA, "path": str(short_clip), "fps": 2}],
+        model=tiny_llava,
+        store=tmp_path / "store",
+        mqtt={
+            "host": broker.host,
+            "port": broker.port,
+            "username": "stream-agent",
+            "password_env": "E2E_MQTT_PASSWORD",
+            "backoff": {"initial_s": 0.2, "max_s": 1.0},
+        },
+        alerts={"rules": [rule], "tick_s": 0.1},
+    )
+    daemon = DaemonProcess(
+        ["--config", str(config)], tmp_path / "daemon.log", env={"E2E_MQTT_PASSWORD": "wrong"}
+    )
+    try:
+        daemon.start()
+        async with client(daemon) as ws:
+            await recv(ws)
+            await send(ws, {"type": "subscribe", "id": "s"})
+            events = []
+            async with asyncio.timeout(60):
+                while not any(e["event"]["type"] == "start" for e in events):
+                    message = await recv(ws)
+                    if message["type"] == "event":
+                        events.append(message)
+            await send(ws, {"type": "status", "id": "st"})
+            while (reply := await recv(ws))["type"] != "status":
+                pass
+            assert reply["ready"] is True
+            mqtt = reply["alerts"]["mqtt"]  # refused, or retrying after a refusal
+            assert mqtt["state"] in ("refused", "connecting"), mqtt
+            assert "refused" in mqtt["state"] + mqtt["reason"], mqtt
+            assert reply["cameras"][0]["memory"]["blocks"] > 0
+            await send(ws, {"type": "ask", "id": "q", "question": "What happens?"})
+            while (answer := await recv(ws))["type"] not in ("answer", "error"):
+                pass
+            assert answer["type"] == "answer", answer
+        ready = await aget(f"{daemon.http_url}/readyz")
+        assert ready.status == 200 and "refused" in ready.text.partition("; mqtt")[2]
+        listed = await aget(f"{daemon.http_url}/events", TOKEN)
+        assert events[0]["event"]["id"] in {e["id"] for e in json.loads(listed.body)["events"]}
+        assert "wrong" not in daemon.log_text()  # the password never reaches the log
+        assert daemon.stop() == 0
+    finally:
+        daemon.close()
+        broker.kill()

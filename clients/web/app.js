@@ -213,6 +213,9 @@ connection.on("status", (status) => {
   system.onStatus(status);
   cameras.update(status.cameras);
   setCameras(status.cameras);
+  // The events and rules panels show only on a daemon that runs alerts.
+  const hasAlerts = status.alerts !== undefined && status.alerts !== null;
+  for (const id of ["events", "rules", "nav-events", "nav-rules"]) $(id).hidden = !hasAlerts;
   rules.onStatus(status.alerts);
 });
 

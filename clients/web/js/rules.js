@@ -97,6 +97,7 @@ export class RulesPanel {
 
   submit() {
     this._clearErrors();
+    this.e.formStatus.textContent = "";
     const rule = this._readForm();
     if (this._editing === null) {
       this._command({ op: "add", rule }, { what: "form", name: rule.name });

@@ -88,8 +88,8 @@ class Daemon:
             config,
             load=load or model_loader(config.model),
             model_name=config.model.source,
-            frames=self.frames,
             on_frame=self._note_frame,
+            frames=self.frames,
         )
         self.engine = Engine(self.worker, config.engine, metrics=self.metrics)
         self.alerts = DaemonAlerts(
@@ -98,6 +98,7 @@ class Daemon:
             board=self.board,
             engine=alert_engine(self.engine),
             metrics=self.metrics,
+            frames_root=self.frames.root,
             sw_version=package_version(),
         )
         self.server = StreamAgentServer(

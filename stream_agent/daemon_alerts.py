@@ -16,8 +16,9 @@ import logging
 from pathlib import Path
 
 from stream_agent.alerts.build import Alerts, build_alerts
+from stream_agent.alerts.errors import StoreError
 from stream_agent.alerts.service import AlertEngine, AlertService, CameraBoardLike
-from stream_agent.alerts.snapshots import SnapshotStore
+from stream_agent.alerts.snapshots import FileSnapshotStore, SnapshotStore
 from stream_agent.alerts.state import Lifecycle
 from stream_agent.config import DaemonConfig, Secrets
 from stream_agent.metrics import DaemonMetrics
@@ -25,6 +26,9 @@ from stream_agent.metrics import DaemonMetrics
 log = logging.getLogger(__name__)
 
 STOP_WAIT_S = 10.0
+EVENT_FRAMES_FOLDER = "events"
+"""Event snapshots' folder inside the memory's frame store (whose own folders are hex-named
+streams, so it never takes this one for a stream, nor prunes it with the blocks)."""
 MQTT_STATES = ("connecting", "online", "offline", "refused", "stopped", "disabled")
 
 
@@ -40,10 +44,21 @@ class DaemonAlerts:
         engine: AlertEngine,
         metrics: DaemonMetrics,
         snapshots: SnapshotStore | None = None,
+        frames_root: Path | None = None,
         sw_version: str = "dev",
     ) -> None:
+        """``frames_root``: the memory's on-disk frame store (answers' evidence frames); event
+        snapshots go into its ``events`` folder, beside them. ``snapshots`` overrides it."""
         data_dir = Path(config.alerts_data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # the memory's folder: say it as the memory would
+            raise StoreError(
+                f"cannot create the memory folder {data_dir}: {exc.strerror}; choose "
+                "another memory.store_dir (--store-dir)"
+            ) from exc
+        if snapshots is None and frames_root is not None:
+            snapshots = FileSnapshotStore(frames_root / EVENT_FRAMES_FOLDER)
         self.parts: Alerts = build_alerts(
             config.alerts_config,
             board=board,

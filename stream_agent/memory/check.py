@@ -12,7 +12,10 @@ ONE layer-by-layer forward, without decoding:
   :func:`check_prompt` with the assistant turn opened, from ``model.build_prompt``) are packed
   one after the other into one sequence, each starting at the same position (where a single
   question's suffix would start); a block-diagonal mask lets each suffix attend to the shared
-  context and to itself only (causally), so each suffix computes exactly what it would alone;
+  context and to itself only (causally), so each suffix computes exactly what it would alone.
+  The rows all suffixes of a group (same ``since``) begin with alike (end-of-video tokens, the
+  template, "Answer yes or no.") are packed once and seen by each of the group's suffixes,
+  which computes the same as each suffix having its own copy, with fewer rows;
 - a condition's ``since`` (Unix s) hides, for that suffix only, the recent blocks that ended
   before it (masked, not removed: every block keeps its position, so a condition's result does
   not depend on the other conditions of its batch);
@@ -21,6 +24,8 @@ ONE layer-by-layer forward, without decoding:
   logsumexp(no))`` over the logits of the "yes" and "no" tokens (:func:`answer_tokens`).
 
 The stream's memory is not changed by a check; the suffixes' K/V are dropped with the pass.
+Checks use no in-context compression (``MemoryOptions.compression`` applies to answers): their
+context is a few recent blocks.
 """
 
 from __future__ import annotations
@@ -149,17 +154,15 @@ class CheckPass:
         chosen: list[Candidate] = answer_pass.recent  # time order
         start = answer_pass.start_position()
         suffixes: list[LMChunk] = []
+        ids: list[tuple[int, ...]] = []
         for cond in conditions:
             layout = model.build_prompt(check_prompt(cond.text), system=self.system_prompt)
             if layout.prefix_ids != self.sink.ids:
                 raise QuestionError("the chat prompt's prefix changed with the condition")
-            suffixes.append(self.planner.suffix(layout, start)[0])
-        lengths = [len(s) for s in suffixes]
-        rows = sum(lengths)
-        embeds = torch.cat([s.embeds for s in suffixes], dim=0)
-        positions = torch.cat([s.positions for s in suffixes], dim=-1)
-        ends = torch.tensor(lengths).cumsum(0)
-        # which context slots (sink, then the blocks in `chosen` order) each suffix may see
+            chunk, offset = self.planner.suffix(layout, start)
+            suffixes.append(chunk)
+            ids.append((-1,) * offset + tuple(layout.suffix_ids))  # end-of-video rows: alike
+        # which context slots (sink, then the blocks in `chosen` order) each condition may see
         sink_tokens = self.sink.tokens
         context = sink_tokens + sum(c.meta.tokens for c in chosen)
         sees = torch.ones(len(conditions), context, dtype=torch.bool)
@@ -175,10 +178,51 @@ class CheckPass:
                     sees[i, at : at + cand.meta.tokens] = False
                 at += cand.meta.tokens
             seen.append(tuple(mine))
-        owner = torch.repeat_interleave(torch.arange(len(conditions)), torch.tensor(lengths))
-        same = owner[:, None] == owner[None, :]
+        # Rows, as segments: per group of conditions with the same `since`, the rows their
+        # suffixes share (the end-of-video tokens, the chat template, "Answer yes or no.")
+        # once, then each condition's own rest. A segment sees the context its group may see,
+        # itself causally, and its group's shared segment: what each suffix sees alone.
+        pieces: list[LMChunk] = []
+        seg_rows: list[int] = []
+        seg_cond: list[int] = []  # a condition of the segment's group (its context bounds)
+        seg_parent: list[int] = []  # the shared segment it sees (-1: none)
+        last_rows: list[int] = [0] * len(conditions)
+        groups: dict[float | None, list[int]] = {}
+        for i, since in enumerate(bounds):
+            groups.setdefault(since, []).append(i)
+        rows = 0
+        for members in groups.values():
+            shared, parent = 0, -1
+            if len(members) > 1:
+                shortest = min(len(ids[i]) for i in members)
+                while shared < shortest - 1 and len({ids[i][shared] for i in members}) == 1:
+                    shared += 1
+            if shared:
+                first = suffixes[members[0]]
+                pieces.append(LMChunk(first.embeds[:shared], first.positions[..., :shared], 0))
+                parent = len(seg_rows)
+                seg_rows.append(shared)
+                seg_cond.append(members[0])
+                seg_parent.append(-1)
+                rows += shared
+            for i in members:
+                own = suffixes[i]
+                pieces.append(LMChunk(own.embeds[shared:], own.positions[..., shared:], 0))
+                seg_rows.append(len(own) - shared)
+                seg_cond.append(i)
+                seg_parent.append(parent)
+                rows += len(own) - shared
+                last_rows[i] = rows - 1
+        embeds = torch.cat([p.embeds for p in pieces], dim=0)
+        positions = torch.cat([p.positions for p in pieces], dim=-1)
+        owner = torch.repeat_interleave(torch.arange(len(seg_rows)), torch.tensor(seg_rows))
+        parent_of = torch.tensor(seg_parent)[owner]
         causal = torch.tril(torch.ones(rows, rows, dtype=torch.bool))
-        visible_rows = torch.cat([sees[owner], same & causal], dim=1).to(r.device)
+        among = (owner[:, None] == owner[None, :]) & causal
+        among |= parent_of[:, None] == owner[None, :]
+        visible_rows = torch.cat([sees[torch.tensor(seg_cond)[owner]], among], dim=1)
+        visible_rows = visible_rows.to(r.device)
+        ends = torch.tensor(last_rows) + 1
         mask = r.additive_mask(visible_rows)
         embeddings = r.position_embeddings(positions)
         hidden = embeds[None].to(device=r.device, dtype=r.dtype)

@@ -511,12 +511,6 @@ class Memory:
             notes=notes,
         )
 
-    def _range_is_empty(self, stream: str | None, time_range: TimeRange) -> bool:
-        """True when ``stream`` (None: every stream) keeps no block inside ``time_range``."""
-        self._check_open()
-        candidates, recent = self.planner.scope(stream, time_range)
-        return not candidates and not recent
-
     def check(self, stream: str, conditions: Sequence[CheckCondition]) -> list[CheckResult]:
         """Score yes/no ``conditions`` over ``stream``'s recent blocks in ONE forward (no
         decoding; see :mod:`~.check`): one :class:`CheckResult` per condition, in order."""
@@ -530,6 +524,12 @@ class Memory:
                 log.warning("memory: %s; dropping it and retrying the check", exc)
                 self.tiers.drop_corrupt(exc.block if isinstance(exc.block, BlockMeta) else None)
         raise AssertionError("unreachable")
+
+    def _range_is_empty(self, stream: str | None, time_range: TimeRange) -> bool:
+        """True when ``stream`` (None: every stream) keeps no block inside ``time_range``."""
+        self._check_open()
+        candidates, recent = self.planner.scope(stream, time_range)
+        return not candidates and not recent
 
     # ------------------------------------------------------------------------------- status
 

@@ -80,13 +80,13 @@ class ModelWorker:
         load: ModelLoader,
         model_name: str,
         decode: DecodeOptions | None = None,
-        frames: FrameStore | None = None,
         on_frame: FrameNote | None = None,
+        frames: FrameStore | None = None,
     ) -> None:
         """``on_frame`` hears of every encoded frame with the cacher's changed-token share."""
         self._config = config
-        self._frames = frames
         self._on_frame = on_frame
+        self._frames = frames
         self._load = load
         self.model_name = model_name
         self.opened: concurrent.futures.Future[None] = concurrent.futures.Future()

@@ -58,8 +58,8 @@ class StreamAgentServer:
         token: str | None = None,
         model_name: str | None = None,
         web_root: Path | None = None,
-        frames: FrameStore | None = None,
         alerts: AlertService | None = None,
+        frames: FrameStore | None = None,
     ) -> None:
         self._ctx = ServerContext(
             config=config,

@@ -30,6 +30,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stream_agent_engine_queue_depth": ("gauge", ("kind",)),
     "stream_agent_engine_frames_encoded": ("counter", ("camera",)),
     "stream_agent_engine_frames_dropped": ("counter", ("camera", "reason")),
+    "stream_agent_engine_checks_dropped": ("counter", ("reason",)),
     "stream_agent_engine_frame_lag_seconds": ("gauge", ("camera",)),
     "stream_agent_engine_encode_errors": ("counter", ("camera",)),
     "stream_agent_answers": ("counter", ("outcome",)),
@@ -42,7 +43,6 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stream_agent_ws_slow_client_disconnects": ("counter", ()),
     "stream_agent_http_requests": ("counter", ("route", "status")),
     "stream_agent_evidence_frames_evicted": ("counter", ("camera",)),
-    "stream_agent_engine_checks_dropped": ("counter", ("reason",)),
     "stream_agent_ws_event_drops": ("counter", ()),
     "stream_agent_alert_rule_checks": ("counter", ("rule",)),
     "stream_agent_alert_gate_stops": ("counter", ("rule", "gate")),
@@ -94,6 +94,7 @@ def _filled() -> DaemonMetrics:
     m.engine_frames_encoded.inc(5, camera="dock")
     m.engine_frames_dropped.inc(2, camera="dock", reason="overflow")
     m.engine_encode_errors.inc(camera="dock")
+    m.engine_checks_dropped.inc(reason="overflow")
     m.answers.inc(outcome="stop")
     m.answers.inc(outcome="stop")
     m.answers.inc(outcome="failed")
@@ -108,7 +109,6 @@ def _filled() -> DaemonMetrics:
     m.http_requests.inc(route="metrics", status="200")
     m.evidence_frames_evicted.inc(9, camera="dock")
     m.ws_event_drops.inc()
-    m.engine_checks_dropped.inc(reason="overflow")
     m.alert_events.inc(rule="at-door", type="start")
     return m
 

@@ -250,6 +250,9 @@ async def test_alerts_through_the_real_parts(
             shot = await aget(f"{daemon.http_url}/events/{start['id']}/snapshot.jpg", TOKEN)
             assert shot.status == 200
             assert Image.open(io.BytesIO(shot.body)).format == "JPEG"
+            # kept in the memory's on-disk frame store, beside the answers' evidence frames
+            kept = tmp_path / "store" / "frames" / "events" / f"event-{start['id']}.jpg"
+            assert kept.read_bytes() == shot.body
             async with client(daemon) as ws:
                 await recv(ws)
                 await send(ws, {"type": "rule", "id": "r2", "command": {"op": "list"}})

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from stream_agent.memory import CheckCondition, Memory, QuestionError, check_prompt
 from stream_agent.memory.check import answer_tokens
@@ -121,3 +123,38 @@ def test_check_on_qwen2_vl_equals_the_answer_path(
         expected = first_token_logits(memory, condition)
         assert torch.allclose(result.logits, expected, atol=1e-4, rtol=0)
         assert len(result.blocks) == 2
+
+
+@pytest.fixture(scope="module")
+def filled(
+    llava: VideoLLM, frame_tokens: list[VisualTokens], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Memory]:
+    from stream_agent.memory import MemoryOptions
+
+    store = tmp_path_factory.mktemp("check-property")
+    memory = Memory(llava, MemoryOptions(store_dir=store, fsync=False, recent_blocks=4))
+    feed(memory, llava, frame_tokens[:5])
+    yield memory
+    memory.close()
+
+
+@settings(
+    max_examples=8, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    batch=st.lists(
+        st.tuples(st.sampled_from(CONDITIONS), st.sampled_from([None, WALL0 + 2, WALL0 + 4])),
+        min_size=1,
+        max_size=5,
+    )
+)
+def test_a_conditions_score_does_not_depend_on_its_batch(
+    filled: Memory, batch: list[tuple[str, float | None]]
+) -> None:
+    """docs/alerts.md: a rule's score does not depend on the other rules of its batch."""
+    conditions = [CheckCondition(text, since) for text, since in batch]
+    together = filled.check("cam", conditions)
+    for condition, result in zip(conditions, together, strict=True):
+        (alone,) = filled.check("cam", [condition])
+        assert torch.allclose(result.logits, alone.logits, atol=1e-4, rtol=0)
+        assert result.blocks == alone.blocks

@@ -427,7 +427,7 @@ function asNumber(text) {
 
 function inputId(field) {
   return {
-    cameras: "rule-cameras-all",
+    cameras: "rule-cameras-some",
     "gates.motion": "rule-motion",
     "gates.person": "rule-person",
   }[field] ?? `rule-${field.replace(/[._]/g, "-")}`;

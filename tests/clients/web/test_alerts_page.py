@@ -270,6 +270,13 @@ def test_the_daemons_validation_errors_show_next_to_their_fields(alerts_page: Se
     fill_rule(page, active_hours="", threshold="1.5")
     page.click("#rule-submit")
     expect(page.locator("#rule-threshold-error")).to_contain_text("less than 1")
+    # "These cameras" with none ticked: the daemon's cameras error, next to the camera choice.
+    fill_rule(page, threshold="0.5")
+    page.check("#rule-cameras-some")
+    page.click("#rule-submit")
+    expect(page.locator("#rule-cameras-error")).to_contain_text("at least one camera")
+    expect(page.locator("#rule-cameras-some")).to_have_attribute("aria-invalid", "true")
+    page.check("#rule-cameras-all")
     expect(page.locator(rule_item("bad-one"))).to_have_count(0)
     fill_rule(page, name="", condition="", threshold="0.5")  # leave the form empty again
     assert recorder.problems() == []

@@ -119,6 +119,12 @@ class WorkQueue:
                 return self._control.popleft()
             return self._next_batch()
 
+    def take_question(self) -> QuestionItem | None:
+        """The oldest waiting question, without blocking; None when none waits (the engine asks
+        between vision layer groups of a frame's encode)."""
+        with self._cond:
+            return self._questions.popleft() if self._questions else None
+
     def _has_work(self) -> bool:
         return bool(self._questions or self._control or any(self._frames.values()))
 

@@ -150,6 +150,9 @@ class CameraMemory:
     last_wall: float | None = None
     cacher_reuse_share: float | None = None
     pruner_kept_share: float | None = None
+    gate_reasons: tuple[tuple[str, int], ...] = ()
+    """Change-gate decisions by reason (``unchanged``: gated; any other: passed)."""
+    reused_extensions: int = 0
 
 
 @dataclass(frozen=True, slots=True)

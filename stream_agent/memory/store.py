@@ -210,6 +210,10 @@ class BlockStore:
         self.itemsize = torch.empty((), dtype=self.dtype).element_size()
         self._files: dict[int, _StreamFiles] = {}
         self._readers: dict[tuple[int, int], int] = {}
+        # (stream_id, block_id) -> (pts_end, wall_end): spans extended since the last write,
+        # written in one transaction at the next append, delete or flush (a still scene extends
+        # the last block once per gated frame; a commit per frame would cost more than the gate)
+        self._spans: dict[tuple[int, int], tuple[float, float]] = {}
         self._closed = False
 
     # ------------------------------------------------------------------------------- metadata
@@ -480,6 +484,7 @@ class BlockStore:
 
         Returns its index record; the block's bytes are durable before its row commits.
         """
+        self.write_spans()
         files = self._files[stream_id]
         tokens = int(keys.shape[2])
         kv = torch.stack([keys, values], dim=1).to("cpu", self.dtype).contiguous()
@@ -677,12 +682,41 @@ class BlockStore:
                 return files.stream_id
         raise KeyError(name)
 
+    # ---------------------------------------------------------------------------------- spans
+
+    def extend_span(self, stream_id: int, block_id: int, pts_end: float, wall_end: float) -> None:
+        """Record that block ``block_id`` now covers up to ``pts_end``/``wall_end`` (a still
+        scene after it); written to the index by :meth:`write_spans` (next append, delete or
+        flush), so a crash loses at most the extensions since the last write."""
+        self._spans[(stream_id, block_id)] = (float(pts_end), float(wall_end))
+
+    def write_spans(self) -> None:
+        """Write the pending span extensions in one transaction."""
+        if not self._spans:
+            return
+        pending, self._spans = self._spans, {}
+        try:
+            with self._transaction() as db:
+                db.executemany(
+                    "UPDATE blocks SET pts_end = ?, wall_end = ? "
+                    "WHERE stream_id = ? AND block_id = ?",
+                    [(p, w, sid, bid) for (sid, bid), (p, w) in pending.items()],
+                )
+        except sqlite3.Error as exc:
+            for key, value in pending.items():
+                self._spans.setdefault(key, value)
+            raise StoreError(
+                f"cannot update block time spans in {self.root} ({exc}); free disk space or "
+                "point memory.store_dir elsewhere"
+            ) from exc
+
     # ------------------------------------------------------------------------------- evicting
 
     def delete(self, stream_id: int, metas: Sequence[BlockMeta]) -> None:
         """Remove blocks from the index, then delete segment files no block uses any more."""
         if not metas:
             return
+        self.write_spans()
         files = self._files[stream_id]
         with self._transaction() as db:
             db.executemany(
@@ -721,6 +755,7 @@ class BlockStore:
 
     def flush(self) -> None:
         """Push everything written so far to the device (appends already are, with fsync)."""
+        self.write_spans()
         for files in self._files.values():
             if files.handle is not None:
                 files.handle.flush()
@@ -730,6 +765,10 @@ class BlockStore:
     def close(self) -> None:
         if self._closed:
             return
+        try:
+            self.write_spans()
+        except StoreError:
+            log.exception("memory store: block time spans could not be written at close")
         self._closed = True
         for files in self._files.values():
             if files.handle is not None:

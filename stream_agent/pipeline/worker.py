@@ -19,7 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from stream_agent.config import DaemonConfig
 from stream_agent.engine.records import (
@@ -32,6 +32,7 @@ from stream_agent.engine.records import (
 from stream_agent.memory import Memory, MemoryOptions
 from stream_agent.models.base import VideoLLM
 from stream_agent.models.loading import ModelLoader
+from stream_agent.models.quantize import quantize_model
 from stream_agent.models.records import DecodeOptions
 from stream_agent.pipeline.errors import NothingSeenError
 from stream_agent.pipeline.stages import (
@@ -83,12 +84,22 @@ class ModelWorker:
         self._cameras: dict[str, _Camera] = {}
         self._decode = decode or DecodeOptions(max_new_tokens=config.model.max_new_tokens)
         self._settings: ChainSettings | None = None
+        self._yield_point: Callable[[], None] | None = None
+
+    def attach_yield_point(self, serve: Callable[[], None] | None) -> None:
+        """The engine's hook for questions that arrive during a frame's encode: called between
+        vision layer groups (``cacher.yield_every`` layers); it answers waiting questions on the
+        engine thread and never encodes frames."""
+        self._yield_point = serve
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
         try:
             model = self._load()
+            if self._config.model.quantize == "int8":
+                # before the cachers are built: they run the (now int8) vision layer records
+                quantize_model(model, self._config.model.quantize_parts)
             settings = chain_settings(self._config.cacher, self._config.pruner, model)
             options = MemoryOptions.from_config(self._config.memory)
             self._memory = open_memory(model, options)
@@ -136,7 +147,8 @@ class ModelWorker:
         for i, frame in enumerate(frames):
             session = frame.session
             if camera.session is not None and session != camera.session:
-                append_blocks(memory, batch.camera, camera.chain.add(frames[start:i]))
+                added = camera.chain.add(frames[start:i], yield_point=self._yield_point)
+                append_blocks(memory, batch.camera, added)
                 start = i
                 log.info(
                     "worker: camera %s reconnected (session %d); its cacher and pruner start over",
@@ -145,7 +157,8 @@ class ModelWorker:
                 )
                 append_blocks(memory, batch.camera, camera.chain.reset())
             camera.session = session
-        append_blocks(memory, batch.camera, camera.chain.add(frames[start:]))
+        added = camera.chain.add(frames[start:], yield_point=self._yield_point)
+        append_blocks(memory, batch.camera, added)
 
     def answer(self, question: Question, cancel: threading.Event) -> Iterator[AnswerEvent]:
         memory = self._require_memory()
@@ -193,6 +206,8 @@ class ModelWorker:
                     last_wall=stream.last_wall,
                     cacher_reuse_share=None if stats is None else stats.cacher_reuse_share,
                     pruner_kept_share=None if stats is None else stats.pruner_kept_share,
+                    gate_reasons=() if stats is None else stats.gate.by_reason,
+                    reused_extensions=0 if stats is None else stats.reused_extensions,
                 )
             )
         return WorkerStatus(ready=True, model=self.model_name, cameras=tuple(cameras))

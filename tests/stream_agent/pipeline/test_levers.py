@@ -223,3 +223,36 @@ async def test_a_question_is_answered_inside_a_frames_encode(
         plain.encode(FrameBatch("dock", (frame,)))
     plain.close()
     assert _segments(tmp_path / "a") == _segments(tmp_path / "b")
+
+
+# --- int8 --------------------------------------------------------------------------------------
+
+
+def test_model_quantize_int8_runs_the_vision_and_llm_in_int8(tmp_path: Path) -> None:
+    from cacher.layers import QuantizedLinear
+    from stream_agent.models.quantize import Int8Linear
+
+    model = build_test_adapter("llava_onevision")  # its own: quantizing changes it in place
+    worker = opened(model, config(tmp_path / "memory", model={"quantize": "int8"}))
+    assert isinstance(model.vision_layers[0].out, QuantizedLinear)
+    assert any(isinstance(m, Int8Linear) for m in model.decoder.layers.modules())
+    now = time.time()
+    batch = tuple(Frame("dock", i, float(i), now, image(i), session=0) for i in range(3))
+    worker.encode(FrameBatch("dock", batch))
+    memory = worker.status().camera("dock")
+    assert memory is not None and memory.blocks == 3
+    done = answer(worker, Question("q", "What moved?", camera="dock"))
+    assert done.evidence
+    worker.close()
+
+
+def test_model_quantize_only_the_vision_tower(tmp_path: Path) -> None:
+    from cacher.layers import QuantizedLinear
+    from stream_agent.models.quantize import Int8Linear
+
+    model = build_test_adapter("llava_onevision")
+    cfg = config(tmp_path / "memory", model={"quantize": "int8", "quantize_parts": ["vision"]})
+    worker = opened(model, cfg)
+    assert isinstance(model.vision_layers[0].out, QuantizedLinear)
+    assert not any(isinstance(m, Int8Linear) for m in model.decoder.layers.modules())
+    worker.close()

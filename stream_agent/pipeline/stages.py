@@ -246,8 +246,11 @@ class VisionChain:
         except cacher.FrameError as exc:
             if not self._gate_refused:
                 self._gate_refused = True
-                log.info("camera %s: the change gate passes frames it cannot compare: %s",
-                         self.camera, exc)
+                log.info(
+                    "camera %s: the change gate passes frames it cannot compare: %s",
+                    self.camera,
+                    exc,
+                )
             return True
 
     def _extend(self, frame: FrameLike) -> list[Step]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 from stream_agent.config import DaemonConfig
@@ -26,6 +27,7 @@ from stream_agent.engine.records import (
     AnswerEvent,
     CameraMemory,
     FrameBatch,
+    FrameLike,
     Question,
     WorkerStatus,
 )
@@ -55,6 +57,8 @@ class _Camera:
     def __init__(self, chain: VisionChain) -> None:
         self.chain = chain
         self.session: int | None = None
+        self.vision_s = 0.0  # engine-thread seconds in the vision chain (answers excluded)
+        self.prefill_s = 0.0  # ... in the memory (prefill of the blocks, span extensions)
 
 
 class ModelWorker:
@@ -85,12 +89,33 @@ class ModelWorker:
         self._decode = decode or DecodeOptions(max_new_tokens=config.model.max_new_tokens)
         self._settings: ChainSettings | None = None
         self._yield_point: Callable[[], None] | None = None
+        self._serve: Callable[[], None] | None = None
+        self._served_s = 0.0
 
     def attach_yield_point(self, serve: Callable[[], None] | None) -> None:
         """The engine's hook for questions that arrive during a frame's encode: called between
         vision layer groups (``cacher.yield_every`` layers); it answers waiting questions on the
         engine thread and never encodes frames."""
-        self._yield_point = serve
+        self._serve = serve
+        self._yield_point = None if serve is None else self._served
+
+    def _served(self) -> None:
+        assert self._serve is not None
+        began = time.perf_counter()
+        try:
+            self._serve()
+        finally:
+            self._served_s += time.perf_counter() - began
+
+    def _add(self, camera: _Camera, name: str, frames: tuple[FrameLike, ...]) -> None:
+        """``frames`` through the camera's chain, then into the memory, timing both."""
+        memory = self._require_memory()
+        began, served = time.perf_counter(), self._served_s
+        added = camera.chain.add(frames, yield_point=self._yield_point)
+        chained = time.perf_counter()
+        camera.vision_s += chained - began - (self._served_s - served)
+        append_blocks(memory, name, added)
+        camera.prefill_s += time.perf_counter() - chained
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -147,8 +172,7 @@ class ModelWorker:
         for i, frame in enumerate(frames):
             session = frame.session
             if camera.session is not None and session != camera.session:
-                added = camera.chain.add(frames[start:i], yield_point=self._yield_point)
-                append_blocks(memory, batch.camera, added)
+                self._add(camera, batch.camera, frames[start:i])
                 start = i
                 log.info(
                     "worker: camera %s reconnected (session %d); its cacher and pruner start over",
@@ -157,8 +181,7 @@ class ModelWorker:
                 )
                 append_blocks(memory, batch.camera, camera.chain.reset())
             camera.session = session
-        added = camera.chain.add(frames[start:], yield_point=self._yield_point)
-        append_blocks(memory, batch.camera, added)
+        self._add(camera, batch.camera, frames[start:])
 
     def answer(self, question: Question, cancel: threading.Event) -> Iterator[AnswerEvent]:
         memory = self._require_memory()
@@ -208,6 +231,8 @@ class ModelWorker:
                     pruner_kept_share=None if stats is None else stats.pruner_kept_share,
                     gate_reasons=() if stats is None else stats.gate.by_reason,
                     reused_extensions=0 if stats is None else stats.reused_extensions,
+                    vision_s=0.0 if camera is None else camera.vision_s,
+                    prefill_s=0.0 if camera is None else camera.prefill_s,
                 )
             )
         return WorkerStatus(ready=True, model=self.model_name, cameras=tuple(cameras))

@@ -79,4 +79,3 @@ async def test_a_static_clip_is_gated_and_counted(tmp_path: Path, tiny_llava: Pa
         assert daemon.stop(signal.SIGTERM) == 0, daemon.log_tail()
     finally:
         daemon.close()
-

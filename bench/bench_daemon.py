@@ -99,7 +99,7 @@ def derived_clip(kind: str, folder: Path, pan_px: float, seconds: float = 60.0) 
         return CLIP
     with av.open(str(CLIP)) as source:
         stream = source.streams.video[0]
-        rate = int(round(float(stream.average_rate or 10)))
+        rate = round(float(stream.average_rate or 10))
         first = next(source.decode(stream)).to_ndarray(format="rgb24")
     height, width = first.shape[:2]
     crop_w, crop_h = (width * 3 // 4) // 2 * 2, (height * 3 // 4) // 2 * 2

@@ -20,6 +20,7 @@ import torch
 
 import cacher
 import pruner
+from cacher import GateConfig
 from stream_agent.config import CacherConfig, GateSection, PrunerConfig
 from stream_agent.engine.records import (
     AnswerDone,
@@ -98,7 +99,7 @@ class ChainSettings:
 
     cacher: cacher.CacherConfig
     pruner: pruner.PrunerConfig
-    gate: cacher.GateConfig = field(default_factory=lambda: cacher.GateConfig(enabled=False))
+    gate: GateConfig = field(default_factory=lambda: GateConfig(enabled=False))
 
 
 def chain_settings(

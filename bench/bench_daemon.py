@@ -256,7 +256,8 @@ async def live(run: Run, fps: float, seconds: float, questions: int) -> dict[str
             if pending is not None and pending.done():
                 finals.append(pending.result())
                 pending = None
-            if pending is None and ask_at and time.monotonic() - began >= ask_at[0]:
+            seen = run.counts()[0] > 0  # a question before the first block is refused
+            if pending is None and ask_at and seen and time.monotonic() - began >= ask_at[0]:
                 ask_at.pop(0)
                 pending = asyncio.create_task(ask(run.engine, len(finals)))
         if pending is not None:

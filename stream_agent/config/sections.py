@@ -243,6 +243,9 @@ class MemoryConfig(_Section):
     disk_budget: ByteSize = Field(default=ByteSize(20 * 1024**3), ge=0)
     store_dir: ConfigPath = Path("var/memory")
     retention_s: Seconds = Field(default=7 * 86400.0, gt=0)
+    store_dtype: Literal["float16", "bfloat16", "float32", "int8"] = "float16"
+    """How KV blocks are kept on disk: int8 is the 8-bit codec (per-channel scales, about half
+    of float16's bytes); a store keeps the dtype it was created with."""
     retrieval: Literal["internal", "embedding", "hybrid"] = "internal"
     """internal: ReKV's per-layer question query against each block's mean key; embedding:
     the question's token embeddings against each block's embedding sketch, one selection for

@@ -25,9 +25,10 @@ encode and all its tokens), ``stc`` (no gate; STC-Cacher ``paper`` mode, interva
 STC-Pruner keeping ``--keep-ratio`` of each frame's tokens) and ``levers`` (issue 16, all on: the
 change gate with its defaults, the ``adaptive`` cacher behind it, the STC-Pruner, int8 vision and
 LLM on the CPU, questions served between vision layer groups every ``cacher.yield_every`` = 2
-layers). Clips (``--clips``): ``shared`` (the shared clip), ``static`` (its first frame held) and
-``pan`` (a 3/4-size crop of its first frame panned ``--pan-px`` pixels per second, back and
-forth: every sampled frame changes everywhere). Per run: share of frames gated, vision and
+layers, KV blocks on disk in the 8-bit codec, ``memory.store_dtype: int8``). Clips
+(``--clips``): ``shared`` (the shared clip), ``static`` (its first frame held) and ``pan`` (a
+3/4-size crop of its first frame panned ``--pan-px`` pixels per second, back and forth: every
+sampled frame changes everywhere). Per run: share of frames gated, vision and
 prefill ms per frame the engine encoded (engine-thread time in the vision chain and in the
 memory; a gated frame counts with its gate comparison), the question TTFT median and p95 while
 frames flow and (``idle``) after the feed stopped and the queue drained, and the memory's disk
@@ -143,7 +144,10 @@ def daemon_config(mode: str, store: Path, args: argparse.Namespace, clip: Path) 
                 if compressed
                 else {"method": "none", "tokens_per_frame": None}
             ),
-            "memory": {"store_dir": str(store)},
+            "memory": {
+                "store_dir": str(store),
+                "store_dtype": "int8" if mode == "levers" else "float16",
+            },
             "engine": {
                 "max_batch_frames": args.batch,
                 "frame_queue_per_camera": args.frame_queue,

@@ -390,6 +390,11 @@ class DaemonMetrics:
             "Frames the engine shed (reason: overflow, shutdown, not_ready, error)",
             ("camera", "reason"),
         )
+        self.engine_checks_dropped = r.counter(
+            "stream_agent_engine_checks_dropped_total",
+            "Rule checks the engine shed (reason: overflow, shutdown)",
+            ("reason",),
+        )
         self.engine_frame_lag = r.scraped_gauge(
             "stream_agent_engine_frame_lag_seconds",
             "Wall time from a frame's capture to the end of its encoding (last batch)",

@@ -16,11 +16,15 @@ import concurrent.futures
 import logging
 import threading
 import time
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from stream_agent.config import EngineConfig
-from stream_agent.engine.errors import EngineBusy, EngineStopped
+from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore
+from stream_agent.engine.errors import CheckDropped, EngineBusy, EngineStopped
 from stream_agent.engine.queue import (
+    CHECK_CAPACITY,
+    CheckItem,
     ControlItem,
     OverflowPolicy,
     QuestionItem,
@@ -77,6 +81,7 @@ class Engine:
         config: EngineConfig,
         *,
         metrics: DaemonMetrics | None = None,
+        check_capacity: int = CHECK_CAPACITY,
     ) -> None:
         self._worker = worker
         self._config = config
@@ -86,7 +91,9 @@ class Engine:
             frame_policy=OverflowPolicy(config.frame_overflow),
             question_capacity=config.question_queue,
             max_batch_frames=config.max_batch_frames,
+            check_capacity=check_capacity,
         )
+        self._checks_dropped: dict[str, int] = {}
         self._lock = threading.Lock()
         self._accepting = False
         self._opened = False
@@ -198,6 +205,41 @@ class Engine:
             self._live[id(item)] = item
         return stream
 
+    def check_rules(
+        self, camera: str, conditions: Sequence[RuleCondition]
+    ) -> concurrent.futures.Future[tuple[RuleScore, ...]]:
+        """Queue a rule check of ``camera`` (behind questions, ahead of frames); the future
+        resolves with one :class:`RuleScore` per condition. It fails with
+        :class:`EngineStopped` at shutdown, :class:`CheckDropped` when a newer check pushed it
+        out of the full queue, or with the worker's error; ``future.cancel()`` withdraws it
+        while it waits (any thread may call this)."""
+        return self._put_check(CheckItem(camera, conditions=tuple(conditions)))
+
+    def describe(self, request: DescribeRequest) -> concurrent.futures.Future[str]:
+        """Queue a description (the answer path with a one-sentence prompt, at most
+        ``request.max_new_tokens`` tokens); queued and failed like :meth:`check_rules`."""
+        return self._put_check(CheckItem(request.camera, describe=request))
+
+    def _put_check(self, item: CheckItem) -> concurrent.futures.Future[Any]:
+        with self._lock:
+            accepting = self._accepting
+        if not accepting:
+            item.done.set_exception(EngineStopped("the engine is not running; no rule checks"))
+            self._count_check_drop("shutdown")
+            return item.done
+        shed = self._queue.put_check(item)
+        if shed is not None:
+            self._count_check_drop("overflow")
+            if shed.done.set_running_or_notify_cancel():
+                shed.done.set_exception(CheckDropped("a newer rule check took this one's place"))
+        return item.done
+
+    @property
+    def checks_dropped(self) -> dict[str, int]:
+        """Rule checks shed, by reason (``overflow``, ``shutdown``)."""
+        with self._lock:
+            return dict(self._checks_dropped)
+
     def flush(self) -> concurrent.futures.Future[None]:
         """Ask the worker to write its memories to disk; the future resolves when done."""
         item = ControlItem("flush")
@@ -228,11 +270,19 @@ class Engine:
     # --- the engine thread ---------------------------------------------------------------------
 
     def _serve_waiting(self) -> None:
-        """Answer the questions waiting now, on this thread, in the middle of a frame's encode
-        (the worker calls this between vision layer groups): a question waits at most one
-        layer group, not one frame. Never encodes frames."""
-        while (item := self._queue.take_question()) is not None:
-            self._answer(item)
+        """Answer the questions waiting now, then run the waiting rule checks (questions that
+        arrive meanwhile first), on this thread, in the middle of a frame's encode (the worker
+        calls this between vision layer groups): a question waits at most one layer group, not
+        one frame. Never encodes frames."""
+        while True:
+            question = self._queue.take_question()
+            if question is not None:
+                self._answer(question)
+                continue
+            check = self._queue.take_check()  # rule checks after questions, before frames
+            if check is None:
+                return
+            self._check(check)
 
     def _run(self) -> None:
         attach = getattr(self._worker, "attach_yield_point", None)
@@ -259,6 +309,8 @@ class Engine:
                     continue
                 if isinstance(item, QuestionItem):
                     self._answer(item)
+                elif isinstance(item, CheckItem):
+                    self._check(item)
                 elif item.kind == "flush":
                     self._flush(item)
                 else:
@@ -270,6 +322,10 @@ class Engine:
     def _shutdown(self, stop_item: ControlItem | None) -> None:
         for item in self._queue.drain_questions():
             self._finish_unanswered(item, "the server is shutting down")
+        for check in self._queue.drain_checks():
+            self._count_check_drop("shutdown")
+            if check.done.set_running_or_notify_cancel():
+                check.done.set_exception(EngineStopped("the engine stopped before this check"))
         for camera, count in self._queue.drain_frames().items():
             self._count_drop(camera, "shutdown", count)
         if self._opened:
@@ -339,6 +395,30 @@ class Engine:
             item.done.set_exception(exc)
         else:
             item.done.set_result(None)
+
+    def _check(self, item: CheckItem) -> None:
+        done = item.done
+        if not done.set_running_or_notify_cancel():
+            return  # withdrawn by the caller while it waited
+        if not self._opened:
+            reason = self._worker_status.reason or "the model is not loaded"
+            done.set_exception(EngineStopped(f"no rule check: {reason}"))
+            return
+        try:
+            if item.describe is not None:
+                result: Any = self._worker.describe(item.describe)
+            else:
+                scores = tuple(self._worker.check(item.camera, item.conditions))
+                if len(scores) != len(item.conditions):
+                    raise RuntimeError(
+                        f"the worker scored {len(scores)} of {len(item.conditions)} conditions"
+                    )
+                result = scores
+        except Exception as exc:
+            log.debug("engine: rule check of %s failed: %s", item.camera, exc)
+            done.set_exception(exc)
+        else:
+            done.set_result(result)
 
     def _answer(self, item: QuestionItem) -> None:
         question = item.question
@@ -464,6 +544,12 @@ class Engine:
         if self._metrics is not None:
             self._metrics.engine_frames_dropped.inc(count, camera=camera, reason=reason)
 
+    def _count_check_drop(self, reason: str) -> None:
+        with self._lock:
+            self._checks_dropped[reason] = self._checks_dropped.get(reason, 0) + 1
+        if self._metrics is not None:
+            self._metrics.engine_checks_dropped.inc(reason=reason)
+
     def _count_coalesce(self) -> None:
         if self._metrics is not None:
             self._metrics.answer_deltas_coalesced.inc()
@@ -474,6 +560,7 @@ class Engine:
         status = self.snapshot()
         m.engine_queue_depth.set(status.queued_frames, kind="frames")
         m.engine_queue_depth.set(status.queued_questions, kind="questions")
+        m.engine_queue_depth.set(self._queue.check_depth(), kind="checks")
         m.model_ready.set(1.0 if status.worker.ready else 0.0)
         for camera, lag in status.frame_lag_s.items():
             m.engine_frame_lag.set(lag, camera=camera)

@@ -15,9 +15,10 @@ whole frame.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
+from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore
 from stream_agent.engine.records import AnswerEvent, FrameBatch, Question, WorkerStatus
 
 
@@ -45,6 +46,15 @@ class Worker(Protocol):
         reaches the client with that code and its message (the question was refused as asked),
         anything else as ``internal``.
         """
+        ...
+
+    def check(self, camera: str, conditions: Sequence[RuleCondition]) -> Sequence[RuleScore]:
+        """Score yes/no ``conditions`` over ``camera``'s newest memory (one score per
+        condition, in order). Raising fails only this check."""
+        ...
+
+    def describe(self, request: DescribeRequest) -> str:
+        """A short answer (about one sentence) describing what happened."""
         ...
 
     def status(self) -> WorkerStatus:

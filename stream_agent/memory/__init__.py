@@ -11,6 +11,7 @@ reloads what was stored. Settings are one :class:`MemoryOptions` record. This pa
 
 from __future__ import annotations
 
+from stream_agent.memory.check import CheckCondition, CheckResult, check_prompt
 from stream_agent.memory.chunks import text_chunk
 from stream_agent.memory.errors import (
     CorruptBlockError,
@@ -43,6 +44,8 @@ __all__ = [
     "AnswerFinal",
     "AnswerTimings",
     "BlockMeta",
+    "CheckCondition",
+    "CheckResult",
     "CorruptBlockError",
     "Evidence",
     "FrameStamp",
@@ -58,5 +61,6 @@ __all__ = [
     "StreamStatus",
     "TimeRange",
     "UnknownStreamError",
+    "check_prompt",
     "text_chunk",
 ]

@@ -42,6 +42,7 @@ from typing import Any, Literal
 import torch
 
 from stream_agent.memory.answer import AnswerPass, PreparedAnswer
+from stream_agent.memory.check import CheckCondition, CheckPass, CheckResult
 from stream_agent.memory.compression import make_compressor
 from stream_agent.memory.errors import (
     CorruptBlockError,
@@ -137,6 +138,9 @@ class Memory:
             keep_sketches=retriever_class(options.retrieval).uses_sketches,
         )
         self.planner = Planner(model, options, self.tiers, max_positions=self.max_positions)
+        self.checks = CheckPass(
+            self.runner, self.sink, self.planner, self.tiers, system_prompt=options.system_prompt
+        )
         self._closed = False
         for name in store.stream_names():
             self.tiers.open_stream(name)
@@ -486,6 +490,20 @@ class Memory:
             timings=timings,
             finish_reason=reason,
         )
+
+    def check(self, stream: str, conditions: Sequence[CheckCondition]) -> list[CheckResult]:
+        """Score yes/no ``conditions`` over ``stream``'s recent blocks in ONE forward (no
+        decoding; see :mod:`~.check`): one :class:`CheckResult` per condition, in order."""
+        self._check_open()
+        for attempt in range(_RETRIES):
+            try:
+                return self.checks.run(stream, conditions)
+            except CorruptBlockError as exc:
+                if attempt == _RETRIES - 1:
+                    raise
+                log.warning("memory: %s; dropping it and retrying the check", exc)
+                self.tiers.drop_corrupt(exc.block if isinstance(exc.block, BlockMeta) else None)
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------------------- status
 

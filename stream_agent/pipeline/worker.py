@@ -17,21 +17,25 @@ a picture from before the break.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from stream_agent.config import DaemonConfig
+from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore, describe_prompt
 from stream_agent.engine.records import (
     AnswerEvent,
     CameraMemory,
     FrameBatch,
     FrameLike,
+    Moment,
     Question,
+    TextDelta,
     WorkerStatus,
 )
-from stream_agent.memory import Memory, MemoryOptions
+from stream_agent.memory import CheckCondition, Memory, MemoryOptions
 from stream_agent.models.base import VideoLLM
 from stream_agent.models.loading import ModelLoader
 from stream_agent.models.quantize import quantize_model
@@ -208,6 +212,54 @@ class ModelWorker:
             options=self._decode,
             cancel=cancel,
         )
+
+    def check(self, camera: str, conditions: Sequence[RuleCondition]) -> tuple[RuleScore, ...]:
+        """Score the conditions over ``camera``'s recent blocks in one batched forward
+        (:meth:`Memory.check`). It looks at the blocks already encoded: unlike a question it
+        does not flush what a windowed pruner holds back (checks come every few seconds and
+        would cut every pruning window short)."""
+        memory = self._require_memory()
+        self._require_stream(memory, camera)
+        results = memory.check(camera, [CheckCondition(c.text, c.since) for c in conditions])
+        return tuple(
+            RuleScore(
+                score=r.score,
+                moments=tuple(
+                    Moment(camera, m.pts_start, m.pts_end, m.wall_start, m.wall_end, 1.0)
+                    for m in r.blocks
+                ),
+            )
+            for r in results
+        )
+
+    def describe(self, request: DescribeRequest) -> str:
+        """The answer path with :func:`describe_prompt`, within the request's time range, at
+        most ``request.max_new_tokens`` tokens (greedy, as questions)."""
+        memory = self._require_memory()
+        self._require_stream(memory, request.camera)
+        options = dataclasses.replace(self._decode, max_new_tokens=request.max_new_tokens)
+        text = [
+            event.text
+            for event in answer_events(
+                memory,
+                describe_prompt(request.condition),
+                camera=request.camera,
+                since=request.since,
+                until=request.until,
+                options=options,
+                cancel=threading.Event(),
+            )
+            if isinstance(event, TextDelta)
+        ]
+        return "".join(text).strip()
+
+    @staticmethod
+    def _require_stream(memory: Memory, camera: str) -> None:
+        if camera not in memory_streams(memory):
+            raise NothingSeenError(
+                f"camera {camera!r} has not delivered any frame to the memory yet; "
+                "check again once it is online"
+            )
 
     def status(self) -> WorkerStatus:
         memory = self._memory

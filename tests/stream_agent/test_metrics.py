@@ -32,6 +32,7 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stream_agent_engine_queue_depth": ("gauge", ("kind",)),
     "stream_agent_engine_frames_encoded": ("counter", ("camera",)),
     "stream_agent_engine_frames_dropped": ("counter", ("camera", "reason")),
+    "stream_agent_engine_checks_dropped": ("counter", ("reason",)),
     "stream_agent_engine_frame_lag_seconds": ("gauge", ("camera",)),
     "stream_agent_engine_encode_errors": ("counter", ("camera",)),
     "stream_agent_answers": ("counter", ("outcome",)),
@@ -76,6 +77,7 @@ def _filled() -> DaemonMetrics:
     m.engine_frames_encoded.inc(5, camera="dock")
     m.engine_frames_dropped.inc(2, camera="dock", reason="overflow")
     m.engine_encode_errors.inc(camera="dock")
+    m.engine_checks_dropped.inc(reason="overflow")
     m.answers.inc(outcome="stop")
     m.answers.inc(outcome="stop")
     m.answers.inc(outcome="failed")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +26,7 @@ from stream_agent.engine import (
     TextDelta,
     WorkerStatus,
 )
+from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore
 
 MODEL_NAME = "fake-model"
 
@@ -53,6 +54,10 @@ class FakeWorker:
     set to an Event, the worker waits on it before every token after the first. ``encode_gate``:
     waits on it before each encode. Questions containing "explode" raise; frames of cameras in
     ``failing_cameras`` raise on encode; ``open_error`` makes ``open`` raise.
+
+    Rule checks score 0.9 for a condition containing ``yes_word`` and 0.1 otherwise, over the
+    camera's last three frames since the condition's ``since``; a camera without frames raises.
+    ``check_gate``: waits on it before each check or description.
     """
 
     answer_words: int = 3
@@ -68,6 +73,9 @@ class FakeWorker:
     opened: bool = False
     first_token_sent: threading.Event = field(default_factory=threading.Event)
     encode_started: threading.Event = field(default_factory=threading.Event)
+    yes_word: str = "person"
+    check_gate: threading.Event | None = None
+    check_started: threading.Event = field(default_factory=threading.Event)
 
     def open(self) -> None:
         if self.open_error is not None:
@@ -118,6 +126,27 @@ class FakeWorker:
             yield TextDelta(word if i == 0 else " " + word)
             self.first_token_sent.set()
         yield AnswerDone(evidence=tuple(moments), tokens=len(words), finish_reason="stop")
+
+    def check(self, camera: str, conditions: Sequence[RuleCondition]) -> list[RuleScore]:
+        self.log.append(("check", f"{camera}:{len(conditions)}"))
+        self.check_started.set()
+        if self.check_gate is not None:
+            self.check_gate.wait(10)
+        if camera not in self.frames:
+            raise RuntimeError(f"camera {camera} has no frames")
+        scores = []
+        for cond in conditions:
+            question = Question("check", cond.text, camera=camera, since=cond.since)
+            moments = sorted(self._moments(question), key=lambda m: m.start_wall)
+            score = 0.9 if self.yes_word in cond.text else 0.1
+            scores.append(RuleScore(score, tuple(moments)))
+        return scores
+
+    def describe(self, request: DescribeRequest) -> str:
+        self.log.append(("describe", request.camera))
+        if self.check_gate is not None:
+            self.check_gate.wait(10)
+        return f"Seen on {request.camera}: {request.condition}."
 
     def status(self) -> WorkerStatus:
         cameras = tuple(

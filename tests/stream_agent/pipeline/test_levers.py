@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from stream_agent.engine import (
     TextDelta,
     question_received_now,
 )
+from stream_agent.engine.checks import RuleCondition, RuleScore
 from stream_agent.engine.records import AnswerEvent, Final
 from stream_agent.models import VideoLLM
 from stream_agent.models.testing import build_test_adapter
@@ -182,6 +183,10 @@ class _Recorder(ModelWorker):
         self.events.append(f"answer {question.request_id}")
         return super().answer(question, cancel)
 
+    def check(self, camera: str, conditions: Sequence[RuleCondition]) -> tuple[RuleScore, ...]:
+        self.events.append(f"check {camera}")
+        return super().check(camera, conditions)
+
 
 def _segments(store: Path) -> dict[str, bytes]:
     return {
@@ -205,6 +210,8 @@ async def test_a_question_is_answered_inside_a_frames_encode(
         for frame in frames:
             assert engine.submit_frame(frame)
         assert await asyncio.to_thread(worker.inside.wait, 60)
+        # a rule check queued first still comes after the question, and both before the frame
+        check = engine.check_rules("dock", [RuleCondition("Is the square pink?")])
         stream = engine.ask(
             Question("q", "What moved?", camera="dock", received_at=question_received_now())
         )
@@ -213,9 +220,20 @@ async def test_a_question_is_answered_inside_a_frames_encode(
         assert isinstance(terminal, Final) and terminal.evidence
         # the only block then was frame 0's: the question did not wait for frame 1
         assert {m.start_pts for m in terminal.evidence} == {0.0}
+        (score,) = await asyncio.wrap_future(check)
+        assert 0.0 <= score.score <= 1.0
+        assert {m.start_pts for m in score.moments} == {0.0}
     finally:
         assert await engine.aclose("finish", grace_s=60)
-    assert worker.events == ["encode 1", "encoded 1", "encode 2", "yield", "answer q", "encoded 2"]
+    assert worker.events == [
+        "encode 1",
+        "encoded 1",
+        "encode 2",
+        "yield",
+        "answer q",
+        "check dock",
+        "encoded 2",
+    ]
 
     # the frames' blocks are the same bytes as without any question in between
     plain = opened(llava, config(tmp_path / "b", **sections))

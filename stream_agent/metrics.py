@@ -351,6 +351,19 @@ class DaemonMetrics:
             "Share of visual tokens kept by the pruner (0 to 1)",
             ("camera",),
         )
+        self.gate_frames = r.scraped_counter(
+            "stream_agent_gate_frames_total",
+            "Frames the change gate decided on, by decision (passed, gated) and reason "
+            "(first, changed, brightness, max_age, max_skipped, shape, restart, disabled, "
+            "unchanged)",
+            ("camera", "decision", "reason"),
+        )
+        self.gate_reused_extensions = r.scraped_counter(
+            "stream_agent_gate_reused_extensions_total",
+            "Passed frames the cacher reused whole from the newest block's frame: the block's "
+            "time span was extended instead of storing it again",
+            ("camera",),
+        )
         self.memory_blocks = r.scraped_gauge(
             "stream_agent_memory_blocks", "KV blocks held in the memory", ("camera",)
         )

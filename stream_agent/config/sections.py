@@ -169,6 +169,10 @@ class ModelConfig(_Section):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_new_tokens: int = Field(default=256, ge=1, le=8192)
+    quantize: Literal["none", "int8"] = "none"
+    """int8: dynamic int8 inference on CPU for ``quantize_parts`` (the vision tower's and the
+    LLM's projections); refused on a GPU, where half precision is the fast path."""
+    quantize_parts: tuple[Literal["vision", "llm"], ...] = ("vision", "llm")
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -186,8 +190,29 @@ class ModelConfig(_Section):
         return self.id or DEFAULT_MODEL_ID
 
 
+class GateSection(_Section):
+    """The change gate before the vision encoder (``cacher.gate``): a frame that shows nothing
+    new against the camera's last encoded frame costs no vision encode and no prefill; the
+    memory extends its newest block's time span instead. The fields mirror
+    :class:`cacher.GateConfig` (which validates them again); see docs/config.md."""
+
+    enabled: bool = True
+    width: int = Field(default=64, ge=1)
+    height: int = Field(default=36, ge=1)
+    cell: int = Field(default=4, ge=1)
+    cell_threshold: float = Field(default=12.0, ge=0)
+    changed_share: float = Field(default=0.01, ge=0, le=1)
+    min_cells: int = Field(default=1, ge=1)
+    compensate_brightness: bool = True
+    brightness_threshold: float = Field(default=24.0, ge=0)
+    max_age_s: Seconds | None = Field(default=30.0, gt=0)
+    max_skipped: int | None = Field(default=None, ge=0)
+
+
 class CacherConfig(_Section):
     """STC-Cacher: reuse vision-encoder work where the picture did not change."""
+
+    gate: GateSection = Field(default_factory=GateSection)
 
     method: Literal["stc", "adaptive", "none"] = "stc"
     """stc: the released STC-Cacher (a fixed schedule and share); adaptive: the share recomputed
@@ -197,6 +222,9 @@ class CacherConfig(_Section):
     cache_interval: int = Field(default=2, ge=1)
     cache_half_precision: bool = False
     """Keep each stream's cached reference in float16 (halves its memory; meant for GPUs)."""
+    yield_every: int = Field(default=2, ge=1)
+    """Vision layers between two looks at the question queue during a frame's encode: a
+    question waits at most this many layers of one frame, not the whole frame."""
 
 
 class PrunerConfig(_Section):
@@ -257,6 +285,9 @@ class MemoryConfig(_Section):
     disk_budget: ByteSize = Field(default=ByteSize(20 * 1024**3), ge=0)
     store_dir: ConfigPath = Path("var/memory")
     retention_s: Seconds = Field(default=7 * 86400.0, gt=0)
+    store_dtype: Literal["float16", "bfloat16", "float32", "int8"] = "float16"
+    """How KV blocks are kept on disk: int8 is the 8-bit codec (per-channel scales, about half
+    of float16's bytes); a store keeps the dtype it was created with."""
     retrieval: Literal["internal", "embedding", "hybrid"] = "internal"
     """internal: ReKV's per-layer question query against each block's mean key; embedding:
     the question's token embeddings against each block's embedding sketch, one selection for

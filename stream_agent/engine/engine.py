@@ -5,7 +5,8 @@ Everything that touches the model goes through here, one item at a time, in prio
 talks to the engine only through messages: frames and questions in, :class:`AnswerStream` events
 out (handed over with ``loop.call_soon_threadsafe``), plus a status snapshot that any thread can
 read without waiting for the engine. A worker exception fails only the request it happened in;
-the thread carries on.
+the thread carries on. A worker that offers ``attach_yield_point`` also lets questions in
+between the vision layer groups of a frame's encode (see :mod:`stream_agent.engine.worker`).
 """
 
 from __future__ import annotations
@@ -270,7 +271,25 @@ class Engine:
 
     # --- the engine thread ---------------------------------------------------------------------
 
+    def _serve_waiting(self) -> None:
+        """Answer the questions waiting now, then run the waiting rule checks (questions that
+        arrive meanwhile first), on this thread, in the middle of a frame's encode (the worker
+        calls this between vision layer groups): a question waits at most one layer group, not
+        one frame. Never encodes frames."""
+        while True:
+            question = self._queue.take_question()
+            if question is not None:
+                self._answer(question)
+                continue
+            check = self._queue.take_check()  # rule checks after questions, before frames
+            if check is None:
+                return
+            self._check(check)
+
     def _run(self) -> None:
+        attach = getattr(self._worker, "attach_yield_point", None)
+        if callable(attach):  # optional: a worker that encodes in one piece has no such hook
+            attach(self._serve_waiting)
         try:
             self._worker.open()
             self._opened = True
@@ -558,6 +577,10 @@ class Engine:
                 m.cacher_reuse_share.set(mem.cacher_reuse_share, camera=mem.camera)
             if mem.pruner_kept_share is not None:
                 m.pruner_kept_share.set(mem.pruner_kept_share, camera=mem.camera)
+            for reason, count in mem.gate_reasons:
+                decision = "gated" if reason == "unchanged" else "passed"
+                m.gate_frames.mirror(count, camera=mem.camera, decision=decision, reason=reason)
+            m.gate_reused_extensions.mirror(mem.reused_extensions, camera=mem.camera)
 
 
 def question_received_now() -> float:

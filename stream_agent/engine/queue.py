@@ -122,6 +122,12 @@ class WorkQueue:
             self._cond.notify()
             return shed
 
+    def take_check(self) -> CheckItem | None:
+        """The oldest waiting rule check, without blocking; None when none waits (served
+        between vision layer groups after the waiting questions)."""
+        with self._cond:
+            return self._checks.popleft() if self._checks else None
+
     def drain_checks(self) -> list[CheckItem]:
         with self._cond:
             items = list(self._checks)
@@ -161,6 +167,12 @@ class WorkQueue:
             if self._checks:
                 return self._checks.popleft()
             return self._next_batch()
+
+    def take_question(self) -> QuestionItem | None:
+        """The oldest waiting question, without blocking; None when none waits (the engine asks
+        between vision layer groups of a frame's encode)."""
+        with self._cond:
+            return self._questions.popleft() if self._questions else None
 
     def _has_work(self) -> bool:
         return bool(self._questions or self._control or self._checks or any(self._frames.values()))

@@ -103,6 +103,13 @@ class CameraMemory:
     last_wall: float | None = None
     cacher_reuse_share: float | None = None
     pruner_kept_share: float | None = None
+    gate_reasons: tuple[tuple[str, int], ...] = ()
+    """Change-gate decisions by reason (``unchanged``: gated; any other: passed)."""
+    reused_extensions: int = 0
+    vision_s: float = 0.0
+    """Engine-thread seconds spent in the camera's vision chain (gate, encoder, pruner)."""
+    prefill_s: float = 0.0
+    """... and in its memory (prefilling blocks, extending spans)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,11 @@ engine thread, never concurrently, so it needs no locks. The ReKV memory impleme
 ``encode`` prefills a batch of frames into the camera's memory (sliding-window attention, KV
 blocks to RAM and disk); ``answer`` retrieves the blocks relevant to the question within its
 camera and time range and streams the generated text, ending with the moments it used.
+
+Optional: a worker with ``attach_yield_point(serve)`` is handed the engine's ``serve`` callable
+before ``open``; calling it in the middle of a frame's encode (between vision layer groups)
+answers the questions waiting then, on the engine thread, so that a question never waits for a
+whole frame.
 """
 
 from __future__ import annotations

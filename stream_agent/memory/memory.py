@@ -325,6 +325,26 @@ class Memory:
         chunk, layout = self._fit(window, place)
         return self.tiers.store_block(state, window.encode(chunk, layout), stamp, frame)
 
+    def extend_last(self, stream: str, end: FrameStamp) -> BlockMeta | None:
+        """Extend ``stream``'s newest block to ``end`` (its ``end_pts``/``end_wall``): nothing
+        new was seen since (the change gate held the frames back, or the cacher reused the
+        block's frame whole). No encode and no prefill; the block's evidence times cover the
+        still period, and the index row is updated at the next append or flush. Returns the
+        extended record; None when the stream has no block yet. Times never move back."""
+        self._check_open()
+        state = self._streams.get(stream)
+        if state is None or not state.blocks:
+            return None
+        last = state.blocks[-1]
+        pts_end = max(last.pts_end, float(end.end_pts))
+        wall_end = max(last.wall_end, float(end.end_wall))
+        if pts_end == last.pts_end and wall_end == last.wall_end:
+            return last
+        extended = replace(last, pts_end=pts_end, wall_end=wall_end)
+        state.blocks[-1] = extended
+        self.store.extend_span(state.stream_id, last.block_id, pts_end, wall_end)
+        return extended
+
     def _fit(
         self, window: Window, place: Callable[[], tuple[LMChunk, BlockLayout]]
     ) -> tuple[LMChunk, BlockLayout]:

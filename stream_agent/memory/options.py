@@ -21,6 +21,9 @@ STORE_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
     "float32": torch.float32,
+    # the 8-bit KV codec (stream_agent.memory.kv8): int8 with per-channel float16 scales on
+    # disk; representative keys and sketches stay float16
+    "int8": torch.int8,
 }
 
 QueryRows = Literal["question", "prompt"]
@@ -70,8 +73,9 @@ class MemoryOptions:
     - ``disk_budget_bytes``: all streams' block files together; the oldest blocks go first;
     - ``retention_s``: blocks whose wall time is older than this behind the newest block of any
       stream are evicted (a stream's ``recent_blocks`` newest stay);
-    - ``store_dtype``: ``float16`` (default, half the bytes), ``bfloat16`` or ``float32`` (bit
-      exact for a float32 model);
+    - ``store_dtype``: ``float16`` (default, half the bytes), ``bfloat16``, ``float32`` (bit
+      exact for a float32 model) or ``int8`` (the 8-bit KV codec, :mod:`~.kv8`: about half of
+      float16's bytes; per-channel scales, error at most half a scale per value);
     - ``segment_bytes``: block files roll over at this size; a file is deleted once all of its
       blocks are evicted;
     - ``fsync``: flush each block file and index commit to the device before returning, so that
@@ -174,6 +178,8 @@ class MemoryOptions:
         }
         if hasattr(section, "compression"):
             values["compression"] = _plain_compression(section.compression)
+        if hasattr(section, "store_dtype"):
+            values["store_dtype"] = section.store_dtype
         values.update(overrides)
         return cls(**values)
 

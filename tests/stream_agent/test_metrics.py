@@ -24,6 +24,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stream_agent_camera_reconnects": ("counter", ("camera",)),
     "stream_agent_cacher_reuse_ratio": ("gauge", ("camera",)),
     "stream_agent_pruner_kept_ratio": ("gauge", ("camera",)),
+    "stream_agent_gate_frames": ("counter", ("camera", "decision", "reason")),
+    "stream_agent_gate_reused_extensions": ("counter", ("camera",)),
     "stream_agent_memory_blocks": ("gauge", ("camera",)),
     "stream_agent_memory_ram_bytes": ("gauge", ("camera",)),
     "stream_agent_memory_disk_bytes": ("gauge", ("camera",)),
@@ -76,6 +78,9 @@ def _filled() -> DaemonMetrics:
         m.camera_reconnects.mirror(1, camera="dock")
         m.cacher_reuse_share.set(0.375, camera="dock")
         m.pruner_kept_share.set(0.25, camera="dock")
+        m.gate_frames.mirror(40, camera="dock", decision="gated", reason="unchanged")
+        m.gate_frames.mirror(3, camera="dock", decision="passed", reason="changed")
+        m.gate_reused_extensions.mirror(2, camera="dock")
         m.memory_blocks.set(7, camera="dock")
         m.memory_ram_bytes.set(4096, camera="dock")
         m.memory_disk_bytes.set(2**40, camera="dock")
@@ -166,6 +171,9 @@ def test_values_as_a_scraper_reads_them() -> None:
     assert value("stream_agent_camera_reconnects_total", camera="dock") == 1
     assert value("stream_agent_cacher_reuse_ratio", camera="dock") == 0.375
     assert value("stream_agent_pruner_kept_ratio", camera="dock") == 0.25
+    gated = {"camera": "dock", "decision": "gated", "reason": "unchanged"}
+    assert value("stream_agent_gate_frames_total", **gated) == 40
+    assert value("stream_agent_gate_reused_extensions_total", camera="dock") == 2
     assert value("stream_agent_memory_disk_bytes", camera="dock") == 2**40
     assert value("stream_agent_engine_queue_depth", kind="frames") == 2
     assert value("stream_agent_engine_frames_dropped_total", camera="dock", reason="overflow") == 2

@@ -102,14 +102,18 @@ def test_frames_become_blocks_and_answers_cite_them(llava: VideoLLM, tmp_path: P
 
 
 def test_adaptive_cacher_reuses_a_still_scene(llava: VideoLLM, tmp_path: Path) -> None:
-    """``cacher.method = adaptive``: repeated identical frames reuse the reference whole."""
-    worker = opened(llava, config(tmp_path / "memory", cacher={"method": "adaptive"}))
+    """``cacher.method = adaptive`` (gate off): repeated identical frames reuse the reference
+    whole, and such a frame is not stored again: the block's time span grows instead."""
+    cacher = {"method": "adaptive", "gate": {"enabled": False}}
+    worker = opened(llava, config(tmp_path / "memory", cacher=cacher))
     still = tuple(Frame("dock", i, float(i), time.time(), image(0), session=0) for i in range(4))
     worker.encode(FrameBatch("dock", still))
     memory = worker.status().camera("dock")
-    assert memory is not None and memory.blocks == 4
     # the first frame is encoded in full, the three identical ones reuse it whole
-    assert memory.cacher_reuse_share is not None and memory.cacher_reuse_share >= 0.7
+    assert memory is not None and memory.cacher_reuse_share is not None
+    assert memory.cacher_reuse_share >= 0.7
+    assert memory.blocks == 1 and memory.reused_extensions == 3 and memory.last_pts == 3.0
+    assert memory.gate_reasons == (("disabled", 4),)
     worker.close()
 
 

@@ -56,7 +56,7 @@ from stream_agent.memory.frames import BlockFrame, FrameStore
 from stream_agent.memory.heap import release_free_memory
 from stream_agent.memory.layout import BlockLayout, step_chunk
 from stream_agent.memory.options import MemoryOptions, Retrieval
-from stream_agent.memory.planning import PROBES, Planner
+from stream_agent.memory.planning import PROBES, Planner, clip_moment
 from stream_agent.memory.ram_cache import BlockCache
 from stream_agent.memory.records import (
     BlockMeta,
@@ -511,6 +511,8 @@ class Memory:
         generated = len(token_ids)
         rate = (generated - 1) / (last - first) if first is not None and last > first else None
         evidence, notes = prepared.evidence, prepared.notes
+        if time_range is not None:  # a still scene's block is cited for the range's part only
+            evidence = tuple(clip_moment(m, time_range) for m in evidence)
         retrieval_s, context_tokens = prepared.retrieval_s, prepared.context_tokens
         blocks_loaded = prepared.blocks_loaded
         del answer_pass, prepared  # the per-layer contexts: free them, then hand the pages back

@@ -29,8 +29,9 @@ import numpy as np
 from PIL import Image
 
 from ingest.records import Frame
+from stream_agent.answers import AnswerFinal
 from stream_agent.config import DaemonConfig
-from stream_agent.engine import Engine, Final, Question, question_received_now
+from stream_agent.engine import Engine, Question, question_received_now
 from stream_agent.models.loading import model_loader
 from stream_agent.models.testing import make_test_model
 from stream_agent.pipeline import ModelWorker
@@ -75,9 +76,9 @@ async def drive(engine: Any, frames: int, questions: int) -> dict[str, float]:
         camera = CAMERAS[q % 2]
         question = Question(f"q{q}", "What moves?", camera, received_at=question_received_now())
         _, final = await engine.ask(question).collect()
-        assert isinstance(final, Final), final
-        if final.ttft_s is not None:
-            ttfts.append(final.ttft_s)
+        assert isinstance(final, AnswerFinal), final
+        if final.timings.ttft_s is not None:
+            ttfts.append(final.timings.ttft_s)
     return {
         "ttft_median_s": statistics.median(ttfts) if ttfts else float("nan"),
         "frame_lag_last_s": max(lags) if lags else float("nan"),
@@ -127,7 +128,7 @@ async def move_run(model: Path, store: Path) -> dict[str, float]:
         moved = time.monotonic() - killed
         q = Question("m", "What moved?", victim.camera, received_at=question_received_now())
         _, final = await group.ask(q).collect()
-        assert isinstance(final, Final) and final.evidence, final
+        assert isinstance(final, AnswerFinal) and final.evidence, final
         return {
             "kill_to_moved_s": moved,
             "kill_to_answer_s": time.monotonic() - killed,

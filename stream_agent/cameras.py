@@ -11,7 +11,6 @@ first, counted) and found by wall time.
 from __future__ import annotations
 
 import bisect
-import io
 import logging
 import threading
 import time
@@ -19,28 +18,13 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-import numpy.typing as npt
-from PIL import Image
-
 from stream_agent.engine.records import FrameLike
+from stream_agent.jpeg import encode_jpeg
 from stream_agent.metrics import DaemonMetrics
 
 log = logging.getLogger(__name__)
 
 STATES = ("connecting", "online", "stalled", "offline", "ended")
-
-
-def encode_jpeg(
-    image: npt.NDArray[np.uint8], *, max_side: int | None = None, quality: int = 85
-) -> bytes:
-    """RGB ``uint8`` (H, W, 3) -> JPEG bytes, downscaled so the longer side is ``max_side``."""
-    picture = Image.fromarray(np.ascontiguousarray(image), mode="RGB")
-    if max_side is not None and max(picture.size) > max_side:
-        picture.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    out = io.BytesIO()
-    picture.save(out, format="JPEG", quality=quality)
-    return out.getvalue()
 
 
 @dataclass(frozen=True, slots=True)

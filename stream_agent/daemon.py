@@ -8,7 +8,9 @@ and the secrets read at start-up:
   :class:`~stream_agent.engine.Engine` thread;
 * one :class:`~stream_agent.pipeline.CameraFeed` task per enabled camera (ingest -> engine and
   camera board); a camera that fails or goes offline only changes its own state;
-* the :class:`~stream_agent.server.StreamAgentServer` (WebSocket and HTTP on one port).
+* the :class:`~stream_agent.server.StreamAgentServer` (WebSocket and HTTP on one port);
+* the alerts (:class:`~stream_agent.daemon_alerts.DaemonAlerts`: rules checked by the engine
+  between questions and frames, events in the history, on MQTT and to WebSocket subscribers).
 
 Start-up: the engine thread starts loading the model while the server already answers
 ``/healthz`` and ``/readyz`` ("loading the model"); once the model and the stored memories are
@@ -17,7 +19,8 @@ loaded the cameras start. A model that cannot be loaded stops everything and rai
 Shutdown (:meth:`Daemon.shutdown`, on SIGINT/SIGTERM with :func:`serve`): the cameras stop, the
 server stops listening and refuses new questions while the answers in flight finish (or are
 cancelled, per ``engine.shutdown``) within ``engine.shutdown_grace_s``, then the engine flushes
-the memories to disk and closes the model.
+the memories to disk and closes the model. The alerts stop before the server and the engine:
+open events end (``shutdown``), the outbox gets a moment to drain and MQTT hears ``offline``.
 """
 
 from __future__ import annotations
@@ -30,8 +33,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
+from stream_agent.alerts.service import AlertEngine
 from stream_agent.cameras import CameraBoard
 from stream_agent.config import DaemonConfig, Secrets
+from stream_agent.daemon_alerts import DaemonAlerts
 from stream_agent.engine import Engine
 from stream_agent.errors import ModelError
 from stream_agent.memory.frames import FrameStore
@@ -40,12 +45,20 @@ from stream_agent.models.loading import ModelLoader, model_loader
 from stream_agent.pipeline.feed import CameraFeed
 from stream_agent.pipeline.worker import ModelWorker
 from stream_agent.server import StreamAgentServer, default_web_root
+from stream_agent.server.app import package_version
 
 log = logging.getLogger(__name__)
 
 COUNTERS_INTERVAL_S = 1.0
 FEED_STOP_WAIT_S = 5.0
 ENGINE_FINAL_WAIT_S = 120.0
+
+
+def engine_alerts(engine: Engine) -> AlertEngine:
+    """The model side of the alerts: rule checks and descriptions as engine work."""
+    from stream_agent.pipeline.alerts import EngineAlerts
+
+    return EngineAlerts(engine)
 
 
 class Daemon:
@@ -58,6 +71,7 @@ class Daemon:
         *,
         load: ModelLoader | None = None,
         web_root: Path | None = None,
+        alert_engine: Callable[[Engine], AlertEngine] = engine_alerts,
     ) -> None:
         self.config = config
         self.metrics = DaemonMetrics(Registry())
@@ -75,6 +89,7 @@ class Daemon:
             config,
             load=load or model_loader(config.model),
             model_name=config.model.source,
+            on_frame=self._note_frame,
             frames=self.frames,
         )
         if config.engine.placement.kind == "ray":
@@ -87,6 +102,15 @@ class Daemon:
         else:
             self.engine = Engine(self.worker, config.engine, metrics=self.metrics)
             self._opened = self.worker.opened
+        self.alerts = DaemonAlerts(
+            config,
+            secrets,
+            board=self.board,
+            engine=alert_engine(self.engine),
+            metrics=self.metrics,
+            frames_root=self.frames.root,
+            sw_version=package_version(),
+        )
         self.server = StreamAgentServer(
             s,
             engine=self.engine,
@@ -96,6 +120,7 @@ class Daemon:
             token=secrets.token,
             model_name=config.model.source,
             web_root=s.web_root or web_root or default_web_root(),
+            alerts=self.alerts.service,
         )
         self.feeds = [
             CameraFeed(c, secrets.camera_url(c), engine=self.engine, board=self.board)
@@ -103,6 +128,9 @@ class Daemon:
         ]
         self._tasks: list[asyncio.Task[None]] = []
         self._started = False
+
+    def _note_frame(self, camera: str, wall_time: float, changed_share: float | None) -> None:
+        self.alerts.note_frame(camera, wall_time, changed_share)
 
     @property
     def port(self) -> int:
@@ -120,10 +148,12 @@ class Daemon:
             # shielded: a SIGTERM while the model loads must not cancel the worker's own future
             await asyncio.shield(asyncio.wrap_future(self._opened))
         except BaseException:
+            await self.alerts.stop()
             await self._stop_core(drain_s=0.0, mode="cancel")
             raise
         for feed in self.feeds:
             self._tasks.append(asyncio.create_task(feed.run(), name=f"camera-{feed.name}"))
+        self.alerts.start()
         self._tasks.append(asyncio.create_task(self._refresh_counters(), name="counters"))
         log.info(
             "daemon ready: %d camera(s), model %s, port %d",
@@ -146,6 +176,7 @@ class Daemon:
             if pending:
                 log.warning("%d camera feed(s) did not stop in time; left behind", len(pending))
         self._tasks.clear()
+        await self.alerts.stop()  # before the engine: open events end, MQTT hears offline
         drain = self.config.engine.shutdown_grace_s if mode == "finish" else 0.0
         await self._stop_core(drain_s=drain, mode=mode)
         log.info("shutdown complete")

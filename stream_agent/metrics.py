@@ -30,6 +30,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
+from stream_agent.answers import AnswerTimings
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SECONDS_BUCKETS: Final = (
@@ -349,6 +351,19 @@ class DaemonMetrics:
             "Share of visual tokens kept by the pruner (0 to 1)",
             ("camera",),
         )
+        self.gate_frames = r.scraped_counter(
+            "stream_agent_gate_frames_total",
+            "Frames the change gate decided on, by decision (passed, gated) and reason "
+            "(first, changed, brightness, max_age, max_skipped, shape, restart, disabled, "
+            "unchanged)",
+            ("camera", "decision", "reason"),
+        )
+        self.gate_reused_extensions = r.scraped_counter(
+            "stream_agent_gate_reused_extensions_total",
+            "Passed frames the cacher reused whole from the newest block's frame: the block's "
+            "time span was extended instead of storing it again",
+            ("camera",),
+        )
         self.memory_blocks = r.scraped_gauge(
             "stream_agent_memory_blocks", "KV blocks held in the memory", ("camera",)
         )
@@ -377,6 +392,11 @@ class DaemonMetrics:
             "Frames the engine shed (reason: overflow, shutdown, not_ready, error)",
             ("camera", "reason"),
         )
+        self.engine_checks_dropped = r.counter(
+            "stream_agent_engine_checks_dropped_total",
+            "Rule checks the engine shed (reason: overflow, shutdown)",
+            ("reason",),
+        )
         self.engine_frame_lag = r.scraped_gauge(
             "stream_agent_engine_frame_lag_seconds",
             "Wall time from a frame's capture to the end of its encoding (last batch)",
@@ -401,6 +421,18 @@ class DaemonMetrics:
             "Decoding rate of answers after the first token",
             buckets=RATE_BUCKETS,
         )
+        self.answer_retrieval = r.histogram(
+            "stream_agent_answer_retrieval_seconds",
+            "Time of an answer's retrieval pass (choosing and loading blocks, prefill)",
+        )
+        self.answer_blocks_loaded = r.counter(
+            "stream_agent_answer_blocks_loaded_total",
+            "Memory blocks answers' contexts were built from (summed over answers)",
+        )
+        self.answer_disk_reads = r.counter(
+            "stream_agent_answer_disk_reads_total",
+            "Block layers answers read from disk (misses of the memory's RAM tier)",
+        )
         self.answer_deltas_coalesced = r.counter(
             "stream_agent_answer_deltas_coalesced_total",
             "Text deltas merged into the previous one because the event loop fell behind",
@@ -424,8 +456,70 @@ class DaemonMetrics:
             "HTTP requests served, by route and status",
             ("route", "status"),
         )
+        self.ws_event_drops = r.counter(
+            "stream_agent_ws_event_drops_total",
+            "Alert event pushes dropped because a connection's event queue was full",
+        )
+        # alerts (scraped from the alert service, except the events, counted as they happen)
+        self.alert_rule_checks = r.scraped_counter(
+            "stream_agent_alert_rule_checks_total",
+            "Rule checks that reached the model, by rule",
+            ("rule",),
+        )
+        self.alert_gate_stops = r.scraped_counter(
+            "stream_agent_alert_gate_stops_total",
+            "Rule checks stopped before the model, by rule and gate",
+            ("rule", "gate"),
+        )
+        self.alert_events = r.counter(
+            "stream_agent_alert_events_total",
+            "Alert event lifecycle steps (start, update, end), by rule",
+            ("rule", "type"),
+        )
+        self.alert_rules = r.scraped_gauge("stream_agent_alert_rules", "Alert rules in force")
+        self.alert_open_events = r.scraped_gauge(
+            "stream_agent_alert_open_events", "Alert events now open"
+        )
+        self.mqtt_state = r.scraped_gauge(
+            "stream_agent_mqtt_connection_state",
+            "1 for the MQTT connection's current state (connecting, online, offline, refused, "
+            "stopped, disabled)",
+            ("state",),
+        )
+        self.mqtt_connects = r.scraped_counter(
+            "stream_agent_mqtt_connects_total", "Successful connections to the MQTT broker"
+        )
+        self.mqtt_outbox = r.scraped_gauge(
+            "stream_agent_mqtt_outbox_messages", "Event messages waiting in the MQTT outbox"
+        )
+        self.mqtt_outbox_dropped = r.scraped_counter(
+            "stream_agent_mqtt_outbox_dropped_total",
+            "Event messages dropped from the full MQTT outbox (oldest first)",
+        )
+        self.mqtt_transient_dropped = r.scraped_counter(
+            "stream_agent_mqtt_transient_dropped_total",
+            "Non-event MQTT messages (stats, command replies) dropped while offline",
+        )
+        self.mqtt_delivered = r.scraped_counter(
+            "stream_agent_mqtt_delivered_total",
+            "Event messages the broker acknowledged",
+        )
         self.evidence_frames_evicted = r.counter(
             "stream_agent_evidence_frames_evicted_total",
             "Kept evidence frames evicted to stay within the byte budget",
             ("camera",),
         )
+
+    def observe_answer(self, outcome: str, timings: AnswerTimings) -> None:
+        """Count a finished answer and observe its figures (those its worker measured)."""
+        self.answers.inc(outcome=outcome)
+        if timings.ttft_s is not None:
+            self.answer_ttft.observe(timings.ttft_s)
+        if timings.tokens_per_s is not None:
+            self.answer_tokens_per_s.observe(timings.tokens_per_s)
+        if timings.retrieval_s is not None:
+            self.answer_retrieval.observe(timings.retrieval_s)
+        if timings.blocks_loaded:
+            self.answer_blocks_loaded.inc(timings.blocks_loaded)
+        if timings.disk_reads:
+            self.answer_disk_reads.inc(timings.disk_reads)

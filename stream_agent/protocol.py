@@ -28,14 +28,29 @@ MAX_ID_CHARS: Final = 128
 MAX_QUESTION_CHARS: Final = 4000
 MAX_TOKEN_CHARS: Final = 4096
 
-ErrorCode: TypeAlias = Literal["bad_request", "unknown_camera", "busy", "unauthorized", "internal"]
+ErrorCode: TypeAlias = Literal[
+    "bad_request", "unknown_camera", "unknown_event", "busy", "unauthorized", "internal"
+]
 ERROR_CODES: Final[frozenset[str]] = frozenset(
-    {"bad_request", "unknown_camera", "busy", "unauthorized", "internal"}
+    {"bad_request", "unknown_camera", "unknown_event", "busy", "unauthorized", "internal"}
 )
 FinishReason: TypeAlias = Literal["stop", "length", "cancelled"]
 FINISH_REASONS: Final[frozenset[str]] = frozenset({"stop", "length", "cancelled"})
 
-CLIENT_TYPES: Final = ("ask", "cancel", "status", "auth")
+CLIENT_TYPES: Final = (
+    "ask",
+    "cancel",
+    "status",
+    "auth",
+    "rule",
+    "subscribe",
+    "unsubscribe",
+    "events",
+)
+MAX_EVENTS_LIMIT: Final = 1000
+DEFAULT_EVENTS_LIMIT: Final = 100
+MAX_NAME_CHARS: Final = 64
+MAX_EVENT_ID_CHARS: Final = 200
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,6 +132,8 @@ class Ask:
     camera: str | None = None
     since: TimeBound | None = None
     until: TimeBound | None = None
+    event: str | None = None
+    """An alert event's id: the camera and time range default to the event's."""
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "ask", "id": self.id, "question": self.question}
@@ -126,6 +143,8 @@ class Ask:
             out["since"] = self.since.to_wire()
         if self.until is not None:
             out["until"] = self.until.to_wire()
+        if self.event is not None:
+            out["event"] = self.event
         return out
 
 
@@ -163,7 +182,67 @@ class Auth:
         return out
 
 
-ClientMessage: TypeAlias = Ask | Cancel | StatusQuery | Auth
+@dataclass(frozen=True, slots=True)
+class RuleCommand:
+    """An alert rule command (``command``: the object of the MQTT ``PREFIX/rules/set`` topic,
+    validated by the alerts' command handler, not here)."""
+
+    id: str
+    command: Mapping[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": "rule", "id": self.id, "command": dict(self.command)}
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    """Push alert events (optionally of one camera and/or rule) under subscription ``id``."""
+
+    id: str
+    camera: str | None = None
+    rule: str | None = None
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "subscribe", "id": self.id}
+        if self.camera is not None:
+            out["camera"] = self.camera
+        if self.rule is not None:
+            out["rule"] = self.rule
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": "unsubscribe", "id": self.id}
+
+
+@dataclass(frozen=True, slots=True)
+class EventsQuery:
+    """List stored alert events, oldest first (at most ``limit``: the newest that match)."""
+
+    id: str
+    camera: str | None = None
+    rule: str | None = None
+    since: TimeBound | None = None
+    limit: int = DEFAULT_EVENTS_LIMIT
+
+    def to_wire(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "events", "id": self.id, "limit": self.limit}
+        if self.camera is not None:
+            out["camera"] = self.camera
+        if self.rule is not None:
+            out["rule"] = self.rule
+        if self.since is not None:
+            out["since"] = self.since.to_wire()
+        return out
+
+
+ClientMessage: TypeAlias = (
+    Ask | Cancel | StatusQuery | Auth | RuleCommand | Subscribe | Unsubscribe | EventsQuery
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,10 +263,14 @@ class _Reject(Exception):
 
 
 _ALLOWED_FIELDS: Final[Mapping[str, frozenset[str]]] = {
-    "ask": frozenset({"type", "id", "question", "camera", "since", "until"}),
+    "ask": frozenset({"type", "id", "question", "camera", "since", "until", "event"}),
     "cancel": frozenset({"type", "id"}),
     "status": frozenset({"type", "id"}),
     "auth": frozenset({"type", "id", "token"}),
+    "rule": frozenset({"type", "id", "command"}),
+    "subscribe": frozenset({"type", "id", "camera", "rule"}),
+    "unsubscribe": frozenset({"type", "id"}),
+    "events": frozenset({"type", "id", "camera", "rule", "since", "limit"}),
 }
 
 
@@ -296,7 +379,14 @@ def _build(kind: str, obj: Mapping[str, object]) -> ClientMessage:
         camera = _optional_str(obj, "camera", 64)
         since = _time_bound(obj, "since")
         until = _time_bound(obj, "until")
-        return Ask(id=msg_id, question=question, camera=camera, since=since, until=until)
+        event = _optional_str(obj, "event", MAX_EVENT_ID_CHARS)
+        if event is not None and not event:
+            raise _Reject("'event' must be an event id, not empty")
+        return Ask(
+            id=msg_id, question=question, camera=camera, since=since, until=until, event=event
+        )
+    if kind in ("rule", "subscribe", "unsubscribe", "events"):
+        return _build_alerts(kind, obj)
     if kind == "cancel":
         msg_id = _check_id(obj.get("id"), required=True)
         assert msg_id is not None
@@ -308,6 +398,39 @@ def _build(kind: str, obj: Mapping[str, object]) -> ClientMessage:
     if token is None:
         raise _Reject("'auth' needs a 'token' string", code="unauthorized")
     return Auth(token=token, id=_check_id(obj.get("id"), required=False))
+
+
+def _name_filter(obj: Mapping[str, object], key: str) -> str | None:
+    value = _optional_str(obj, key, MAX_NAME_CHARS)
+    if value is not None and not value:
+        raise _Reject(f"'{key}' must not be empty; leave it out to mean every {key}")
+    return value
+
+
+def _build_alerts(kind: str, obj: Mapping[str, object]) -> ClientMessage:
+    msg_id = _check_id(obj.get("id"), required=True)
+    assert msg_id is not None
+    if kind == "rule":
+        command = obj.get("command")
+        if not isinstance(command, dict):
+            raise _Reject(
+                "'rule' needs a 'command': an object with an 'op' (add, update, pause, resume, "
+                "remove, get, list), as on the MQTT topic PREFIX/rules/set"
+            )
+        return RuleCommand(id=msg_id, command=cast(dict[str, Any], command))
+    if kind == "unsubscribe":
+        return Unsubscribe(id=msg_id)
+    camera = _name_filter(obj, "camera")
+    rule = _name_filter(obj, "rule")
+    if kind == "subscribe":
+        return Subscribe(id=msg_id, camera=camera, rule=rule)
+    limit_value = obj.get("limit", DEFAULT_EVENTS_LIMIT)
+    if isinstance(limit_value, bool) or not isinstance(limit_value, int):
+        raise _Reject(f"'limit' must be a whole number from 1 to {MAX_EVENTS_LIMIT}")
+    if not 1 <= limit_value <= MAX_EVENTS_LIMIT:
+        raise _Reject(f"'limit' must be from 1 to {MAX_EVENTS_LIMIT}, not {limit_value}")
+    since = _time_bound(obj, "since")
+    return EventsQuery(id=msg_id, camera=camera, rule=rule, since=since, limit=limit_value)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -513,12 +636,22 @@ class Timings:
     """``ttft_ms``: from receipt of the question to its first token (None when no token).
 
     ``tokens_per_s``: decoding rate after the first token (None with fewer than two tokens).
+    The optional figures (None where the server does not know them): ``queue_ms`` from receipt
+    until the model began the answer; ``retrieval_ms`` the memory's retrieval pass (choosing
+    and loading blocks, reading the question); ``context_tokens`` the most cached tokens a
+    layer attended to before the question; ``blocks_loaded`` the distinct memory blocks the
+    context was built from; ``disk_reads`` block layers read from disk rather than RAM.
     """
 
     ttft_ms: float | None
     tokens_per_s: float | None
     total_ms: float
     tokens: int
+    queue_ms: float | None = None
+    retrieval_ms: float | None = None
+    context_tokens: int | None = None
+    blocks_loaded: int | None = None
+    disk_reads: int | None = None
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -526,6 +659,11 @@ class Timings:
             "tokens_per_s": _round(self.tokens_per_s),
             "total_ms": _round(self.total_ms),
             "tokens": self.tokens,
+            "queue_ms": _round(self.queue_ms),
+            "retrieval_ms": _round(self.retrieval_ms),
+            "context_tokens": self.context_tokens,
+            "blocks_loaded": self.blocks_loaded,
+            "disk_reads": self.disk_reads,
         }
 
     @classmethod
@@ -535,7 +673,16 @@ class Timings:
             tokens_per_s=obj.get("tokens_per_s"),
             total_ms=float(obj.get("total_ms", 0.0)),
             tokens=int(obj.get("tokens", 0)),
+            queue_ms=obj.get("queue_ms"),
+            retrieval_ms=obj.get("retrieval_ms"),
+            context_tokens=_count(obj.get("context_tokens")),
+            blocks_loaded=_count(obj.get("blocks_loaded")),
+            disk_reads=_count(obj.get("disk_reads")),
         )
+
+
+def _count(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _round(value: float | None) -> float | None:
@@ -597,9 +744,11 @@ class StatusReply:
     cameras: tuple[CameraInfo, ...]
     queued_frames: int
     queued_questions: int
+    alerts: Mapping[str, Any] | None = None
+    """``{"mqtt": {"state", "reason"}, "rules", "open_events"}`` when the alerts run."""
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "type": "status",
             "id": self.id,
             "model": self.model,
@@ -611,6 +760,9 @@ class StatusReply:
                 "queued_questions": self.queued_questions,
             },
         }
+        if self.alerts is not None:
+            out["alerts"] = dict(self.alerts)
+        return out
 
     @classmethod
     def from_wire(cls, obj: Mapping[str, Any]) -> StatusReply:
@@ -623,6 +775,7 @@ class StatusReply:
             cameras=tuple(CameraInfo.from_wire(c) for c in obj.get("cameras", [])),
             queued_frames=int(engine.get("queued_frames", 0)),
             queued_questions=int(engine.get("queued_questions", 0)),
+            alerts=obj.get("alerts"),
         )
 
 
@@ -655,7 +808,91 @@ class Error:
         )
 
 
-ServerMessage: TypeAlias = Hello | Ack | Delta | Answer | StatusReply | Error
+@dataclass(frozen=True, slots=True)
+class RuleResult:
+    """The reply to ``rule``: the alerts' command reply (``ok``, ``op``, ``rule``/``rules`` or
+    ``error`` {``code``, ``message``, ``fields``}) with this ``id``."""
+
+    id: str | None
+    reply: Mapping[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {**self.reply, "type": "rule_result", "id": self.id}
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> RuleResult:
+        reply = {k: v for k, v in obj.items() if k not in ("type", "id")}
+        return cls(id=obj.get("id"), reply=reply)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed:
+    id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": "subscribed", "id": self.id}
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Subscribed:
+        return cls(id=str(obj["id"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribed:
+    id: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": "unsubscribed", "id": self.id}
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> Unsubscribed:
+        return cls(id=str(obj["id"]))
+
+
+@dataclass(frozen=True, slots=True)
+class EventPush:
+    """One lifecycle step of an alert event for subscription ``id``: ``event`` is the JSON
+    published on MQTT ``PREFIX/events`` (``type``, ``before``, ``after``)."""
+
+    id: str
+    event: Mapping[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": "event", "id": self.id, "event": dict(self.event)}
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> EventPush:
+        return cls(id=str(obj["id"]), event=dict(obj["event"]))
+
+
+@dataclass(frozen=True, slots=True)
+class EventsReply:
+    """The reply to ``events``: history records, oldest first."""
+
+    id: str
+    events: tuple[Mapping[str, Any], ...]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": "events", "id": self.id, "events": [dict(e) for e in self.events]}
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> EventsReply:
+        return cls(id=str(obj["id"]), events=tuple(dict(e) for e in obj.get("events", [])))
+
+
+ServerMessage: TypeAlias = (
+    Hello
+    | Ack
+    | Delta
+    | Answer
+    | StatusReply
+    | Error
+    | RuleResult
+    | Subscribed
+    | Unsubscribed
+    | EventPush
+    | EventsReply
+)
 
 _SERVER_TYPES: Final[Mapping[str, Any]] = {
     "hello": Hello,
@@ -664,6 +901,11 @@ _SERVER_TYPES: Final[Mapping[str, Any]] = {
     "answer": Answer,
     "status": StatusReply,
     "error": Error,
+    "rule_result": RuleResult,
+    "subscribed": Subscribed,
+    "unsubscribed": Unsubscribed,
+    "event": EventPush,
+    "events": EventsReply,
 }
 
 

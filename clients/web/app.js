@@ -1,12 +1,14 @@
 // The stream-agent web page: wires the WebSocket connection to the panels. Every panel is a
-// small module fed by the connection's messages; the events and rules panels of the alerts
-// phase join the same way (a module, a section in index.html, a few lines here).
+// small module fed by the connection's messages (a module, a section in index.html, a few lines
+// here): cameras, events, ask, rules, system.
 
 import { AskPanel } from "./js/ask.js";
 import { CamerasPanel } from "./js/cameras.js";
 import { Connection, TokenStore, daemonUrl } from "./js/connection.js";
+import { EventsPanel } from "./js/events.js";
 import { clock, duration } from "./js/format.js";
 import { Images } from "./js/images.js";
+import { RulesPanel } from "./js/rules.js";
 import { SystemPanel } from "./js/system.js";
 
 const STATUS_EVERY_MS = 2000;
@@ -19,10 +21,10 @@ const connection = new Connection(daemonUrl(window.location), tokens);
 const images = new Images(tokens);
 
 const dialog = $("frame-dialog");
-function viewFrame(img, label) {
+function viewFrame(img, label, title = "Evidence frame") {
   $("frame-dialog-image").src = img.src;
-  $("frame-dialog-image").alt = `Evidence frame: ${label}`;
-  $("frame-dialog-title").textContent = "Evidence frame";
+  $("frame-dialog-image").alt = `${title}: ${label}`;
+  $("frame-dialog-title").textContent = title;
   $("frame-dialog-caption").textContent = label;
   dialog.showModal();
 }
@@ -60,6 +62,49 @@ cameras = new CamerasPanel({
   onAskAbout: (what) => ask.askAbout(what),
   onPickCamera: (name) => ask.pickCamera(name),
 });
+
+const events = new EventsPanel({
+  connection,
+  images,
+  elements: {
+    form: $("events-filter"),
+    camera: $("events-camera"),
+    rule: $("events-rule"),
+    since: $("events-since"),
+    status: $("events-status"),
+    live: $("events-live"),
+    empty: $("events-empty"),
+    list: $("event-list"),
+  },
+  onAskAbout: (what) => ask.askAbout(what),
+  onMark: (record) => cameras.addMark(record.camera, record.start_time * 1000, `Event ${record.rule}`, "event"),
+  onView: (img, label) => viewFrame(img, label, "Event snapshot"),
+});
+
+const rules = new RulesPanel({
+  connection,
+  elements: {
+    heading: $("rules-title"),
+    status: $("rules-status"),
+    empty: $("rules-empty"),
+    list: $("rule-list"),
+    form: $("rule-form"),
+    formTitle: $("rule-form-title"),
+    cameraBoxes: $("rule-camera-boxes"),
+    pausedField: $("rule-paused-field"),
+    submit: $("rule-submit"),
+    cancelEdit: $("rule-cancel-edit"),
+    formError: $("rule-form-error"),
+    formStatus: $("rule-form-status"),
+  },
+  onRules: (list) => events.setRules(list),
+});
+
+function setCameras(list) {
+  ask.setCameras(list);
+  events.setCameras(list);
+  rules.setCameras(list);
+}
 
 // --- connection state: banner, login form ----------------------------------------------------
 
@@ -160,14 +205,18 @@ connection.on("hello", (hello) => {
   system.onHello(hello);
   if (!hello.auth_required) {
     cameras.update(hello.cameras);
-    ask.setCameras(hello.cameras);
+    setCameras(hello.cameras);
   }
 });
 
 connection.on("status", (status) => {
   system.onStatus(status);
   cameras.update(status.cameras);
-  ask.setCameras(status.cameras);
+  setCameras(status.cameras);
+  // The events and rules panels show only on a daemon that runs alerts.
+  const hasAlerts = status.alerts !== undefined && status.alerts !== null;
+  for (const id of ["events", "rules", "nav-events", "nav-rules"]) $(id).hidden = !hasAlerts;
+  rules.onStatus(status.alerts);
 });
 
 $("login-form").addEventListener("submit", (event) => {

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from stream_agent.alerts.config import AlertsConfig, resolve_mqtt_secrets
+from stream_agent.alerts.config import AlertsConfig, MqttSecrets, resolve_mqtt_secrets
 from stream_agent.alerts.discovery import DeviceInfo
 from stream_agent.alerts.history import EventHistory
 from stream_agent.alerts.mqtt import MqttLink
@@ -43,14 +43,16 @@ def build_alerts(
     board: CameraBoardLike,
     engine: AlertEngine,
     data_dir: Path,
-    environ: Mapping[str, str],
+    environ: Mapping[str, str] | None = None,
+    mqtt_secrets: MqttSecrets | None = None,
     snapshots: SnapshotStore | None = None,
     retention_s: float | None = None,
     sw_version: str = "0.1.0",
 ) -> Alerts:
     """Files default to ``data_dir`` (the memory's store folder). ``snapshots`` None: a
     :class:`FileSnapshotStore` in ``data_dir/event-frames``. ``retention_s``: the memory's
-    retention horizon, unless the config sets its own."""
+    retention horizon, unless the config sets its own. MQTT secrets: ``mqtt_secrets`` when
+    given (the daemon reads them at start-up), else read from ``environ``."""
     store = RuleStore(config.rules, config.rules_path or data_dir / RULES_FILE)
     snaps = snapshots if snapshots is not None else FileSnapshotStore(data_dir / FRAMES_FOLDER)
     history = EventHistory(config.history_path or data_dir / HISTORY_FILE, snaps)
@@ -59,7 +61,11 @@ def build_alerts(
     device = DeviceInfo(node_id="stream_agent", sw_version=sw_version)
     mqtt = config.mqtt
     if mqtt is not None:
-        secrets = resolve_mqtt_secrets(mqtt, environ)
+        secrets = (
+            mqtt_secrets
+            if mqtt_secrets is not None
+            else resolve_mqtt_secrets(mqtt, environ if environ is not None else {})
+        )
         token = secrets.command_token
         outbox = Outbox(mqtt.outbox_path or data_dir / OUTBOX_FILE, mqtt.outbox_max_messages)
         link = MqttLink(mqtt, outbox, secrets=secrets)

@@ -17,8 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from stream_agent.alerts.errors import AlertsError, RuleError, Unauthorised
-from stream_agent.alerts.rules import Rule, RuleSpec, RuleStore, describe_errors
+from stream_agent.alerts.errors import AlertsError, InvalidRule, RuleError, Unauthorised
+from stream_agent.alerts.rules import Rule, RuleSpec, RuleStore, describe_errors, field_errors
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +61,23 @@ Command = Annotated[
 _COMMAND: TypeAdapter[Command] = TypeAdapter(Command)
 
 
-def _error(cid: object, op: object, code: str, message: str) -> dict[str, Any]:
+def _error(
+    cid: object,
+    op: object,
+    code: str,
+    message: str,
+    fields: tuple[tuple[str, str], ...] = (),
+) -> dict[str, Any]:
+    """An error reply; ``fields`` lists per-field problems (``{"field", "message"}``)."""
     return {
         "id": cid if isinstance(cid, str) else None,
         "op": op if isinstance(op, str) else None,
         "ok": False,
-        "error": {"code": code, "message": message},
+        "error": {
+            "code": code,
+            "message": message,
+            "fields": [{"field": f, "message": m} for f, m in fields],
+        },
     }
 
 
@@ -111,9 +122,11 @@ class RuleCommands:
         try:
             command = _COMMAND.validate_python(raw)
         except ValidationError as exc:
-            return _error(cid, op, "bad_request", describe_errors(exc))
+            return _error(cid, op, "bad_request", describe_errors(exc), field_errors(exc))
         try:
             return {"id": command.id, "op": command.op, "ok": True, **self._run(command)}
+        except InvalidRule as exc:
+            return _error(command.id, command.op, exc.code, str(exc), exc.fields)
         except RuleError as exc:
             return _error(command.id, command.op, exc.code, str(exc))
         except AlertsError as exc:

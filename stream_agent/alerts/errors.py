@@ -23,9 +23,14 @@ class RuleError(AlertsError):
 
 
 class InvalidRule(RuleError):
-    """A rule or a change to one does not validate."""
+    """A rule or a change to one does not validate. ``fields``: (field, message) per problem,
+    the field named as in a rule's keys (``cooldown_s``, ``gates.motion``), for forms."""
 
     code = "bad_request"
+
+    def __init__(self, message: str, fields: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 class UnknownRule(RuleError):

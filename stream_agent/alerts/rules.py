@@ -188,7 +188,17 @@ class RuleSpec(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise InvalidRule(describe_errors(exc)) from None
+            raise InvalidRule(describe_errors(exc), field_errors(exc)) from None
+
+
+def field_errors(exc: ValidationError) -> tuple[tuple[str, str], ...]:
+    """(field, message) per error that names a field (list positions left out)."""
+    out = []
+    for err in exc.errors():
+        where = ".".join(p for p in err["loc"] if isinstance(p, str))
+        if where:
+            out.append((where, err["msg"].removeprefix("Value error, ")))
+    return tuple(out)
 
 
 def describe_errors(exc: ValidationError) -> str:

@@ -467,13 +467,7 @@ class AlertService:
     def _publish_lifecycle(self, lc: Lifecycle) -> None:
         assert self._link is not None
         after = lc.after
-        message = {
-            "type": lc.type,
-            "id": after.id,
-            "time": lc.t,
-            "before": None if lc.before is None else lc.before.to_json(),
-            "after": after.to_json(),
-        }
+        message = self.event_message(lc)
         self._link.publish_event(self._topics.events, json.dumps(message).encode())
         entity = {
             "event_type": lc.type,
@@ -577,15 +571,50 @@ class AlertService:
             return
         unknown = [c for c in spec.cameras if c not in self._board.names]
         if unknown:
-            raise InvalidRule(
-                f"cameras: no camera named {unknown[0]!r}; cameras: {', '.join(self._board.names)}"
-            )
+            message = f"no camera named {unknown[0]!r}; cameras: {', '.join(self._board.names)}"
+            raise InvalidRule(f"cameras: {message}", (("cameras", message),))
 
     def _on_mqtt_message(self, topic: str, payload: bytes) -> None:
         if topic != self._topics.command or self._link is None:
             return
         reply = self.commands.handle(payload)
         self._link.publish(self._topics.result, json.dumps(reply).encode(), qos=1)
+
+    # --- reading (for the server) ---------------------------------------------------------------
+
+    @property
+    def history(self) -> EventHistory:
+        return self._history
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return tuple(self._board.names)
+
+    def snapshot(self, event_id: str) -> bytes | None:
+        """The JPEG of an event's snapshot, or None (no such event, or it has none). Blocks on
+        disk: call it off the event loop."""
+        stored = self._history.get(event_id)
+        if stored is None or stored.record.snapshot is None:
+            return None
+        return self._snapshots.get(stored.record.snapshot)
+
+    def mqtt_state(self) -> tuple[str, str]:
+        """(state, reason) of the MQTT connection; ``disabled`` without a broker configured."""
+        if self._link is None:
+            return "disabled", "no mqtt section in the config"
+        status = self._link.status()
+        return status.state, status.reason
+
+    @staticmethod
+    def event_message(lc: Lifecycle) -> dict[str, object]:
+        """The JSON of a lifecycle step as published on ``PREFIX/events``."""
+        return {
+            "type": lc.type,
+            "id": lc.after.id,
+            "time": lc.t,
+            "before": None if lc.before is None else lc.before.to_json(),
+            "after": lc.after.to_json(),
+        }
 
     # --- status --------------------------------------------------------------------------------
 

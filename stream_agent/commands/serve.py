@@ -40,6 +40,8 @@ _FLAGS = (
     "device",
     "store_dir",
     "max_new_tokens",
+    "mqtt_host",
+    "mqtt_port",
 )
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -78,6 +80,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--max-new-tokens", type=int, metavar="N", help="longest answer in tokens (256)"
     )
+    parser.add_argument(
+        "--mqtt-host", metavar="HOST", help="publish alerts to this MQTT broker (docs/alerts.md)"
+    )
+    parser.add_argument(
+        "--mqtt-port", type=int, metavar="PORT", help="the MQTT broker's port (default 1883)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -102,6 +110,8 @@ def config_from_args(args: argparse.Namespace) -> DaemonConfig:
         device=args.device,
         store_dir=args.store_dir,
         max_new_tokens=args.max_new_tokens,
+        mqtt_host=args.mqtt_host,
+        mqtt_port=args.mqtt_port,
     )
 
 

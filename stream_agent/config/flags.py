@@ -38,6 +38,8 @@ def from_flags(
     device: str | None = None,
     store_dir: Path | None = None,
     max_new_tokens: int | None = None,
+    mqtt_host: str | None = None,
+    mqtt_port: int | None = None,
 ) -> DaemonConfig:
     """The config for ``serve --source ... --model ...`` without a file; defaults elsewhere.
 
@@ -76,6 +78,13 @@ def from_flags(
         data["model"] = model_section
     if store_dir is not None:
         data["memory"] = {"store_dir": store_dir}
+    mqtt: dict[str, Any] = {}
+    if mqtt_host is not None:
+        mqtt["host"] = mqtt_host
+    if mqtt_port is not None:
+        mqtt["port"] = mqtt_port
+    if mqtt:
+        data["mqtt"] = mqtt
     flag_of = {
         "cameras": "--source",
         "fps": "--fps",
@@ -94,5 +103,7 @@ def from_flags(
         err = exc.errors(include_url=False)[0]
         loc = tuple(err["loc"])
         flag = next((flag_of[p] for p in reversed(loc) if isinstance(p, str) and p in flag_of), "")
+        if loc[:1] == ("mqtt",):
+            flag = f"--mqtt-{loc[1]}" if len(loc) > 1 else "--mqtt-host"
         where = f"{flag}: " if flag else ""
         raise ConfigError(f"{where}{error_sentence(err, loc)}") from None

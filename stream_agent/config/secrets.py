@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from stream_agent.alerts.config import MqttSecrets, resolve_mqtt_secrets
+from stream_agent.alerts.errors import AlertsError
 from stream_agent.config.sections import CameraConfig, DaemonConfig
 from stream_agent.errors import ConfigError
 
@@ -23,6 +25,8 @@ class Secrets:
 
     token: str | None = field(default=None, repr=False)
     camera_passwords: Mapping[str, str] = field(default_factory=dict, repr=False)
+    mqtt: MqttSecrets = field(default_factory=MqttSecrets, repr=False)
+    """The MQTT password and command token (the ``mqtt`` section's ``*_env``/``*_file``)."""
 
     def camera_url(self, camera: CameraConfig) -> str:
         """The camera's URL with its username and password inserted (for ingest only)."""
@@ -69,4 +73,10 @@ def resolve_secrets(config: DaemonConfig, environ: Mapping[str, str]) -> Secrets
         for cam in config.cameras
         if cam.password_env is not None or cam.password_file is not None
     }
-    return Secrets(token=token, camera_passwords=passwords)
+    mqtt = MqttSecrets()
+    if config.mqtt is not None:
+        try:
+            mqtt = resolve_mqtt_secrets(config.mqtt, environ)
+        except AlertsError as exc:
+            raise ConfigError(f"mqtt: {exc}") from None
+    return Secrets(token=token, camera_passwords=passwords, mqtt=mqtt)

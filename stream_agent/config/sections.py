@@ -28,6 +28,8 @@ from pydantic import (
 )
 
 from ingest.redact import redact_url
+from stream_agent.alerts.config import AlertsConfig, MqttConfig
+from stream_agent.alerts.topics import RESERVED_CAMERA_NAMES
 from stream_agent.durations import check_seconds, parse_duration
 
 DEFAULT_MODEL_ID = "llava-hf/llava-onevision-qwen2-0.5b-ov-hf"
@@ -92,6 +94,11 @@ class ServerConfig(_Section):
     """Larger messages close the connection (code 1009): the memory bound of one read."""
     max_questions_in_flight: int = Field(default=2, ge=1, le=64)
     send_queue_messages: int = Field(default=256, ge=4)
+    max_subscriptions: int = Field(default=16, ge=1, le=1000)
+    """Alert event subscriptions per connection."""
+    event_queue_messages: int = Field(default=128, ge=1, le=100_000)
+    """Per connection: alert event pushes waiting to be sent; beyond it the oldest is dropped
+    (counted in ``stream_agent_ws_event_drops_total``)."""
     write_limit_bytes: int = Field(default=65_536, ge=1024)
     slow_client_timeout_s: Seconds = Field(default=5.0, gt=0)
     auth_timeout_s: Seconds = Field(default=10.0, gt=0)
@@ -162,6 +169,10 @@ class ModelConfig(_Section):
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     max_new_tokens: int = Field(default=256, ge=1, le=8192)
+    quantize: Literal["none", "int8"] = "none"
+    """int8: dynamic int8 inference on CPU for ``quantize_parts`` (the vision tower's and the
+    LLM's projections); refused on a GPU, where half precision is the fast path."""
+    quantize_parts: tuple[Literal["vision", "llm"], ...] = ("vision", "llm")
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -179,8 +190,29 @@ class ModelConfig(_Section):
         return self.id or DEFAULT_MODEL_ID
 
 
+class GateSection(_Section):
+    """The change gate before the vision encoder (``cacher.gate``): a frame that shows nothing
+    new against the camera's last encoded frame costs no vision encode and no prefill; the
+    memory extends its newest block's time span instead. The fields mirror
+    :class:`cacher.GateConfig` (which validates them again); see docs/config.md."""
+
+    enabled: bool = True
+    width: int = Field(default=64, ge=1)
+    height: int = Field(default=36, ge=1)
+    cell: int = Field(default=4, ge=1)
+    cell_threshold: float = Field(default=12.0, ge=0)
+    changed_share: float = Field(default=0.01, ge=0, le=1)
+    min_cells: int = Field(default=1, ge=1)
+    compensate_brightness: bool = True
+    brightness_threshold: float = Field(default=24.0, ge=0)
+    max_age_s: Seconds | None = Field(default=30.0, gt=0)
+    max_skipped: int | None = Field(default=None, ge=0)
+
+
 class CacherConfig(_Section):
     """STC-Cacher: reuse vision-encoder work where the picture did not change."""
+
+    gate: GateSection = Field(default_factory=GateSection)
 
     method: Literal["stc", "adaptive", "none"] = "stc"
     """stc: the released STC-Cacher (a fixed schedule and share); adaptive: the share recomputed
@@ -190,6 +222,9 @@ class CacherConfig(_Section):
     cache_interval: int = Field(default=2, ge=1)
     cache_half_precision: bool = False
     """Keep each stream's cached reference in float16 (halves its memory; meant for GPUs)."""
+    yield_every: int = Field(default=2, ge=1)
+    """Vision layers between two looks at the question queue during a frame's encode: a
+    question waits at most this many layers of one frame, not the whole frame."""
 
 
 class PrunerConfig(_Section):
@@ -206,6 +241,41 @@ class PrunerConfig(_Section):
         return self
 
 
+class DyCokeCompression(_Section):
+    """DyCoke's decode-time pruning of the retrieved KV (see docs/config.md)."""
+
+    method: Literal["dycoke"]
+    prune: float = Field(default=0.7, ge=0, lt=1)
+    layer: int | None = Field(default=None, ge=1)
+    threshold: float = Field(default=0.9, ge=-1, le=1)
+
+
+class HoliTomCompression(_Section):
+    """HoliTom's once-at-a-middle-layer keep-and-merge (see docs/config.md)."""
+
+    method: Literal["holitom"]
+    prune: float = Field(default=0.5, ge=0, lt=1)
+    layer: int | None = Field(default=None, ge=1)
+    merge: bool = True
+
+
+class METokCompression(_Section):
+    """METok's prefill pruning at a few layers (see docs/config.md)."""
+
+    method: Literal["metok"]
+    prune: float = Field(default=0.24, ge=0, le=1)
+    non_key_prune: float = Field(default=0.62, ge=0, le=1)
+    deep_prune: float = Field(default=1.0, ge=0, le=1)
+    key_events: int = Field(default=3, ge=0)
+    layers: tuple[Annotated[int, Field(ge=1)], ...] | None = None
+
+
+CompressionName = Literal["none", "dycoke", "holitom", "metok"]
+CompressionMethod = Annotated[
+    DyCokeCompression | HoliTomCompression | METokCompression, Field(discriminator="method")
+]
+
+
 class MemoryConfig(_Section):
     """ReKV memory: sliding window, retrieval and where the KV blocks live."""
 
@@ -215,10 +285,18 @@ class MemoryConfig(_Section):
     disk_budget: ByteSize = Field(default=ByteSize(20 * 1024**3), ge=0)
     store_dir: ConfigPath = Path("var/memory")
     retention_s: Seconds = Field(default=7 * 86400.0, gt=0)
+    store_dtype: Literal["float16", "bfloat16", "float32", "int8"] = "float16"
+    """How KV blocks are kept on disk: int8 is the 8-bit codec (per-channel scales, about half
+    of float16's bytes); a store keeps the dtype it was created with."""
     retrieval: Literal["internal", "embedding", "hybrid"] = "internal"
     """internal: ReKV's per-layer question query against each block's mean key; embedding:
     the question's token embeddings against each block's embedding sketch, one selection for
     all layers; hybrid: half of top_k by embedding, the rest per layer."""
+    compression: (
+        CompressionName | CompressionMethod | tuple[CompressionName | CompressionMethod, ...]
+    ) = "none"
+    """In-context compression of the answer path: a method name, a method with settings
+    (``{method: metok, prune: 0.5}``) or a list of them combined; off (``none``) by default."""
 
 
 class RayPlacementConfig(_Section):
@@ -286,6 +364,10 @@ class DaemonConfig(_Section):
     memory: MemoryConfig = Field(default_factory=MemoryConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    mqtt: MqttConfig | None = None
+    """The MQTT broker the alerts publish to (docs/alerts.md); None: no MQTT."""
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    """Alert rules and their history (docs/alerts.md)."""
 
     @model_validator(mode="after")
     def _unique_names(self) -> Self:
@@ -293,8 +375,44 @@ class DaemonConfig(_Section):
         for cam in self.cameras:
             if cam.name in seen:
                 raise ValueError(f"two cameras are named {cam.name!r}; names must be unique")
+            if cam.name in RESERVED_CAMERA_NAMES:
+                raise ValueError(
+                    f"camera name {cam.name!r} is reserved (an MQTT topic of the alerts: "
+                    f"{', '.join(sorted(RESERVED_CAMERA_NAMES))}); choose another"
+                )
             seen.add(cam.name)
         return self
+
+    @model_validator(mode="after")
+    def _check_alerts(self) -> Self:
+        if self.alerts.mqtt is not None:
+            raise ValueError(
+                "alerts.mqtt: the broker settings are the top-level 'mqtt:' section; "
+                "move them there"
+            )
+        names = {c.name for c in self.cameras}
+        for rule in self.alerts.rules:
+            if rule.cameras == "all":
+                continue
+            unknown = [c for c in rule.cameras if c not in names]
+            if unknown:
+                raise ValueError(
+                    f"alerts rule {rule.name!r}: no camera named {unknown[0]!r}; cameras: "
+                    f"{', '.join(sorted(names))}"
+                )
+        return self
+
+    @property
+    def alerts_config(self) -> AlertsConfig:
+        """The alerts section with the top-level ``mqtt`` section inside (what
+        :func:`stream_agent.alerts.build.build_alerts` takes)."""
+        return self.alerts.model_copy(update={"mqtt": self.mqtt})
+
+    @property
+    def alerts_data_dir(self) -> Path:
+        """Where the rule store, event history, outbox and event frames live by default: the
+        memory's store folder."""
+        return self.memory.store_dir
 
     @property
     def enabled_cameras(self) -> tuple[CameraConfig, ...]:
@@ -329,4 +447,9 @@ class DaemonConfig(_Section):
             f"memory: top-{self.memory.top_k}, RAM {self.memory.ram_budget.human_readable()}, "
             f"disk {self.memory.disk_budget.human_readable()} in {self.memory.store_dir}"
         )
+        mq = self.mqtt
+        broker = "no MQTT" if mq is None else f"MQTT {mq.host}:{mq.port} prefix {mq.prefix}"
+        if mq is not None and mq.username is not None:
+            broker += f" (user {mq.username})"
+        lines.append(f"alerts: {len(self.alerts.rules)} rule(s) in the file; {broker}")
         return "\n".join(lines)

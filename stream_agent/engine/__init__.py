@@ -9,37 +9,36 @@ from stream_agent.engine.engine import Engine, ShutdownMode, question_received_n
 from stream_agent.engine.errors import EngineBusy, EngineError, EngineStopped
 from stream_agent.engine.queue import OverflowPolicy
 from stream_agent.engine.records import (
-    AnswerDone,
+    AnswerDelta,
     AnswerEvent,
+    AnswerFailed,
+    AnswerFinal,
+    AnswerTimings,
     CameraMemory,
-    Delta,
     EngineStatus,
-    Failed,
-    Final,
     FrameBatch,
     FrameLike,
     Moment,
     Question,
     StreamEvent,
-    TextDelta,
     WorkerStatus,
 )
 from stream_agent.engine.stream import AnswerStream
 from stream_agent.engine.worker import Worker
 
 __all__ = [
-    "AnswerDone",
+    "AnswerDelta",
     "AnswerEvent",
+    "AnswerFailed",
+    "AnswerFinal",
     "AnswerStream",
+    "AnswerTimings",
     "CameraMemory",
-    "Delta",
     "Engine",
     "EngineBusy",
     "EngineError",
     "EngineStatus",
     "EngineStopped",
-    "Failed",
-    "Final",
     "FrameBatch",
     "FrameLike",
     "Moment",
@@ -47,7 +46,6 @@ __all__ = [
     "Question",
     "ShutdownMode",
     "StreamEvent",
-    "TextDelta",
     "Worker",
     "WorkerStatus",
     "question_received_now",

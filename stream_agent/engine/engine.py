@@ -5,7 +5,8 @@ Everything that touches the model goes through here, one item at a time, in prio
 talks to the engine only through messages: frames and questions in, :class:`AnswerStream` events
 out (handed over with ``loop.call_soon_threadsafe``), plus a status snapshot that any thread can
 read without waiting for the engine. A worker exception fails only the request it happened in;
-the thread carries on.
+the thread carries on. A worker that offers ``attach_yield_point`` also lets questions in
+between the vision layer groups of a frame's encode (see :mod:`stream_agent.engine.worker`).
 """
 
 from __future__ import annotations
@@ -15,11 +16,23 @@ import concurrent.futures
 import logging
 import threading
 import time
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any, Literal
 
+from stream_agent.answers import (
+    AnswerDelta,
+    AnswerFailed,
+    AnswerFinal,
+    AnswerTimings,
+    FailureCode,
+)
 from stream_agent.config import EngineConfig
-from stream_agent.engine.errors import EngineBusy, EngineStopped
+from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore
+from stream_agent.engine.errors import CheckDropped, EngineBusy, EngineStopped
 from stream_agent.engine.queue import (
+    CHECK_CAPACITY,
+    CheckItem,
     ControlItem,
     OverflowPolicy,
     QuestionItem,
@@ -27,15 +40,10 @@ from stream_agent.engine.queue import (
     WorkQueue,
 )
 from stream_agent.engine.records import (
-    AnswerDone,
-    Delta,
     EngineStatus,
-    Failed,
-    Final,
     FrameBatch,
     FrameLike,
     Question,
-    TextDelta,
     WorkerStatus,
 )
 from stream_agent.engine.stream import AnswerStream
@@ -46,7 +54,6 @@ from stream_agent.metrics import DaemonMetrics
 log = logging.getLogger(__name__)
 
 ShutdownMode = Literal["finish", "cancel"]
-FailureCode = Literal["internal", "busy", "bad_request", "unknown_camera"]
 _REFUSAL_CODES: dict[str, FailureCode] = {
     "bad_request": "bad_request",
     "unknown_camera": "unknown_camera",
@@ -76,6 +83,7 @@ class Engine:
         config: EngineConfig,
         *,
         metrics: DaemonMetrics | None = None,
+        check_capacity: int = CHECK_CAPACITY,
     ) -> None:
         self._worker = worker
         self._config = config
@@ -85,7 +93,9 @@ class Engine:
             frame_policy=OverflowPolicy(config.frame_overflow),
             question_capacity=config.question_queue,
             max_batch_frames=config.max_batch_frames,
+            check_capacity=check_capacity,
         )
+        self._checks_dropped: dict[str, int] = {}
         self._lock = threading.Lock()
         self._accepting = False
         self._opened = False
@@ -197,6 +207,41 @@ class Engine:
             self._live[id(item)] = item
         return stream
 
+    def check_rules(
+        self, camera: str, conditions: Sequence[RuleCondition]
+    ) -> concurrent.futures.Future[tuple[RuleScore, ...]]:
+        """Queue a rule check of ``camera`` (behind questions, ahead of frames); the future
+        resolves with one :class:`RuleScore` per condition. It fails with
+        :class:`EngineStopped` at shutdown, :class:`CheckDropped` when a newer check pushed it
+        out of the full queue, or with the worker's error; ``future.cancel()`` withdraws it
+        while it waits (any thread may call this)."""
+        return self._put_check(CheckItem(camera, conditions=tuple(conditions)))
+
+    def describe(self, request: DescribeRequest) -> concurrent.futures.Future[str]:
+        """Queue a description (the answer path with a one-sentence prompt, at most
+        ``request.max_new_tokens`` tokens); queued and failed like :meth:`check_rules`."""
+        return self._put_check(CheckItem(request.camera, describe=request))
+
+    def _put_check(self, item: CheckItem) -> concurrent.futures.Future[Any]:
+        with self._lock:
+            accepting = self._accepting
+        if not accepting:
+            item.done.set_exception(EngineStopped("the engine is not running; no rule checks"))
+            self._count_check_drop("shutdown")
+            return item.done
+        shed = self._queue.put_check(item)
+        if shed is not None:
+            self._count_check_drop("overflow")
+            if shed.done.set_running_or_notify_cancel():
+                shed.done.set_exception(CheckDropped("a newer rule check took this one's place"))
+        return item.done
+
+    @property
+    def checks_dropped(self) -> dict[str, int]:
+        """Rule checks shed, by reason (``overflow``, ``shutdown``)."""
+        with self._lock:
+            return dict(self._checks_dropped)
+
     def flush(self) -> concurrent.futures.Future[None]:
         """Ask the worker to write its memories to disk; the future resolves when done."""
         item = ControlItem("flush")
@@ -226,7 +271,25 @@ class Engine:
 
     # --- the engine thread ---------------------------------------------------------------------
 
+    def _serve_waiting(self) -> None:
+        """Answer the questions waiting now, then run the waiting rule checks (questions that
+        arrive meanwhile first), on this thread, in the middle of a frame's encode (the worker
+        calls this between vision layer groups): a question waits at most one layer group, not
+        one frame. Never encodes frames."""
+        while True:
+            question = self._queue.take_question()
+            if question is not None:
+                self._answer(question)
+                continue
+            check = self._queue.take_check()  # rule checks after questions, before frames
+            if check is None:
+                return
+            self._check(check)
+
     def _run(self) -> None:
+        attach = getattr(self._worker, "attach_yield_point", None)
+        if callable(attach):  # optional: a worker that encodes in one piece has no such hook
+            attach(self._serve_waiting)
         try:
             self._worker.open()
             self._opened = True
@@ -252,6 +315,8 @@ class Engine:
                     continue
                 if isinstance(item, QuestionItem):
                     self._answer(item)
+                elif isinstance(item, CheckItem):
+                    self._check(item)
                 elif item.kind == "flush":
                     self._flush(item)
                 else:
@@ -263,6 +328,10 @@ class Engine:
     def _shutdown(self, stop_item: ControlItem | None) -> None:
         for item in self._queue.drain_questions():
             self._finish_unanswered(item, "the server is shutting down")
+        for check in self._queue.drain_checks():
+            self._count_check_drop("shutdown")
+            if check.done.set_running_or_notify_cancel():
+                check.done.set_exception(EngineStopped("the engine stopped before this check"))
         for camera, count in self._queue.drain_frames().items():
             self._count_drop(camera, "shutdown", count)
         if self._opened:
@@ -333,6 +402,30 @@ class Engine:
         else:
             item.done.set_result(None)
 
+    def _check(self, item: CheckItem) -> None:
+        done = item.done
+        if not done.set_running_or_notify_cancel():
+            return  # withdrawn by the caller while it waited
+        if not self._opened:
+            reason = self._worker_status.reason or "the model is not loaded"
+            done.set_exception(EngineStopped(f"no rule check: {reason}"))
+            return
+        try:
+            if item.describe is not None:
+                result: Any = self._worker.describe(item.describe)
+            else:
+                scores = tuple(self._worker.check(item.camera, item.conditions))
+                if len(scores) != len(item.conditions):
+                    raise RuntimeError(
+                        f"the worker scored {len(scores)} of {len(item.conditions)} conditions"
+                    )
+                result = scores
+        except Exception as exc:
+            log.debug("engine: rule check of %s failed: %s", item.camera, exc)
+            done.set_exception(exc)
+        else:
+            done.set_result(result)
+
     def _answer(self, item: QuestionItem) -> None:
         question = item.question
         with self._lock:
@@ -357,25 +450,27 @@ class Engine:
     def _generate(self, item: QuestionItem) -> None:
         question = item.question
         parts: list[str] = []
-        first_at: float | None = None
-        done: AnswerDone | None = None
+        final: AnswerFinal | None = None
         try:
             events = self._worker.answer(question, item.cancel)
             try:
+                overdue = False
                 for event in events:
-                    if isinstance(event, TextDelta):
+                    if isinstance(event, AnswerDelta):
                         if event.text:
-                            if first_at is None:
-                                first_at = time.monotonic()
                             parts.append(event.text)
-                            item.deliver(Delta(event.text))
-                    elif isinstance(event, AnswerDone):
-                        done = event
+                            item.deliver(event)
+                    elif isinstance(event, AnswerFinal):
+                        final = event
                         break
                     else:
                         raise TypeError(f"the worker yielded {type(event).__name__}")
                     if item.cancel.is_set():
-                        break
+                        # the worker ends with its cancelled final at its next event; one
+                        # that does not is cut off
+                        if overdue:
+                            break
+                        overdue = True
             finally:
                 close = getattr(events, "close", None)
                 if callable(close):
@@ -389,35 +484,27 @@ class Engine:
                 log.info("engine: question %s refused (%s): %s", question.request_id, code, exc)
                 self._fail(item, str(exc), code=code)
             return
-        end = time.monotonic()
-        cancelled = done is None and item.cancel.is_set()
-        tokens = done.tokens if done is not None and done.tokens else len(parts)
-        ttft = None if first_at is None else max(0.0, first_at - question.received_at)
-        rate = None
-        if first_at is not None and tokens >= 2 and end > first_at:
-            rate = (tokens - 1) / (end - first_at)
-        reason: Literal["stop", "length", "cancelled"] = (
-            "cancelled" if cancelled else (done.finish_reason if done is not None else "stop")
-        )
+        if final is None:  # the worker stopped without its final (cut off, or it broke off)
+            final = AnswerFinal(
+                text="".join(parts),
+                evidence=(),
+                tokens=len(parts),
+                finish_reason="cancelled" if item.cancel.is_set() else "stop",
+                timings=AnswerTimings(ttft_s=None, tokens_per_s=None, total_s=0.0),
+            )
+        self._deliver_final(item, final)
+
+    def _deliver_final(self, item: QuestionItem, final: AnswerFinal) -> None:
+        """Deliver the worker's final, its timings counted from receipt: the engine adds the
+        time the question waited before the worker's clock started (and nothing else)."""
+        waited = time.monotonic() - item.question.received_at - final.timings.total_s
+        timings = final.timings.after_wait(waited)
+        evidence = () if final.finish_reason == "cancelled" else final.evidence
+        final = replace(final, evidence=evidence, timings=timings)
         # Count before delivering, so that whoever sees the answer also sees it counted.
         if self._metrics is not None:
-            self._metrics.answers.inc(outcome=reason)
-            if ttft is not None:
-                self._metrics.answer_ttft.observe(ttft)
-            if rate is not None:
-                self._metrics.answer_tokens_per_s.observe(rate)
-        item.deliver(
-            Final(
-                text="".join(parts),
-                evidence=done.evidence if done is not None else (),
-                tokens=tokens,
-                finish_reason=reason,
-                ttft_s=ttft,
-                tokens_per_s=rate,
-                total_s=max(0.0, end - question.received_at),
-                notes=done.notes if done is not None else (),
-            )
-        )
+            self._metrics.observe_answer(final.finish_reason, timings)
+        item.deliver(final)
 
     def _finish_unanswered(self, item: QuestionItem, failure: str | None) -> None:
         """End a question that never reached the worker: cancelled, or failed with a reason."""
@@ -426,15 +513,16 @@ class Engine:
             return
         if self._metrics is not None:
             self._metrics.answers.inc(outcome="cancelled")
+        waited = max(0.0, time.monotonic() - item.question.received_at)
         item.deliver(
-            Final(
+            AnswerFinal(
                 text="",
                 evidence=(),
                 tokens=0,
                 finish_reason="cancelled",
-                ttft_s=None,
-                tokens_per_s=None,
-                total_s=max(0.0, time.monotonic() - item.question.received_at),
+                timings=AnswerTimings(ttft_s=None, tokens_per_s=None, total_s=0.0).after_wait(
+                    waited
+                ),
             )
         )
         with self._lock:
@@ -443,7 +531,7 @@ class Engine:
     def _fail(self, item: QuestionItem, message: str, code: FailureCode = "internal") -> None:
         if self._metrics is not None:
             self._metrics.answers.inc(outcome="failed")
-        item.deliver(Failed(code=code, message=message))
+        item.deliver(AnswerFailed(code=code, message=message))
         with self._lock:
             self._live.pop(id(item), None)
 
@@ -461,6 +549,12 @@ class Engine:
         if self._metrics is not None:
             self._metrics.engine_frames_dropped.inc(count, camera=camera, reason=reason)
 
+    def _count_check_drop(self, reason: str) -> None:
+        with self._lock:
+            self._checks_dropped[reason] = self._checks_dropped.get(reason, 0) + 1
+        if self._metrics is not None:
+            self._metrics.engine_checks_dropped.inc(reason=reason)
+
     def _count_coalesce(self) -> None:
         if self._metrics is not None:
             self._metrics.answer_deltas_coalesced.inc()
@@ -471,6 +565,7 @@ class Engine:
         status = self.snapshot()
         m.engine_queue_depth.set(status.queued_frames, kind="frames")
         m.engine_queue_depth.set(status.queued_questions, kind="questions")
+        m.engine_queue_depth.set(self._queue.check_depth(), kind="checks")
         m.model_ready.set(1.0 if status.worker.ready else 0.0)
         for camera, lag in status.frame_lag_s.items():
             m.engine_frame_lag.set(lag, camera=camera)
@@ -482,6 +577,10 @@ class Engine:
                 m.cacher_reuse_share.set(mem.cacher_reuse_share, camera=mem.camera)
             if mem.pruner_kept_share is not None:
                 m.pruner_kept_share.set(mem.pruner_kept_share, camera=mem.camera)
+            for reason, count in mem.gate_reasons:
+                decision = "gated" if reason == "unchanged" else "passed"
+                m.gate_frames.mirror(count, camera=mem.camera, decision=decision, reason=reason)
+            m.gate_reused_extensions.mirror(mem.reused_extensions, camera=mem.camera)
 
 
 def question_received_now() -> float:

@@ -21,3 +21,10 @@ class EngineStopped(EngineError):
     """The engine is shutting down (or has stopped) and takes no more work."""
 
     code = "busy"
+
+
+class CheckDropped(EngineError):
+    """A queued rule check (or description) was shed by the check queue's overflow policy
+    (``drop_oldest``: a newer one took its place); the next check will be newer anyway."""
+
+    code = "busy"

@@ -1,4 +1,9 @@
-"""The engine's bounded priority queue: questions first, then control, then frames.
+"""The engine's bounded priority queue: questions first, then control, then rule checks, then
+frames.
+
+Rule checks (and event descriptions) wait in one bounded FIFO; when it is full its named policy
+``drop_oldest`` sheds the oldest waiting check (its future fails with ``CheckDropped``; the
+caller counts it): a check is a look at the present, so the newer one is worth more.
 
 Frames wait in one bounded deque per camera, so that a busy camera cannot push out another's
 frames, and are taken round-robin across cameras in batches of consecutive frames. When a camera's
@@ -15,8 +20,9 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal, TypeAlias
+from typing import Any, Literal, TypeAlias
 
+from stream_agent.engine.checks import DescribeRequest, RuleCondition
 from stream_agent.engine.records import FrameBatch, FrameLike, Question, StreamEvent
 
 
@@ -48,9 +54,22 @@ class ControlItem:
     done: concurrent.futures.Future[None] = field(default_factory=concurrent.futures.Future)
 
 
-WorkItem: TypeAlias = QuestionItem | ControlItem | FrameBatch
+@dataclass(frozen=True, eq=False)
+class CheckItem:
+    """A rule check (``conditions``) or a description (``describe``) of one camera; ``done``
+    resolves with the worker's result (or fails; or is cancelled by the caller)."""
+
+    camera: str
+    conditions: tuple[RuleCondition, ...] = ()
+    describe: DescribeRequest | None = None
+    done: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
+
+
+WorkItem: TypeAlias = QuestionItem | ControlItem | CheckItem | FrameBatch
 
 CONTROL_CAPACITY = 16
+CHECK_CAPACITY = 8
+CHECK_OVERFLOW = "drop_oldest"
 
 
 class WorkQueue:
@@ -63,8 +82,9 @@ class WorkQueue:
         frame_policy: OverflowPolicy,
         question_capacity: int,
         max_batch_frames: int,
+        check_capacity: int = CHECK_CAPACITY,
     ) -> None:
-        if frames_per_camera < 1 or question_capacity < 1 or max_batch_frames < 1:
+        if min(frames_per_camera, question_capacity, max_batch_frames, check_capacity) < 1:
             raise ValueError("queue capacities and the batch size must be at least 1")
         self._frames_per_camera = frames_per_camera
         self._policy = OverflowPolicy(frame_policy)
@@ -72,6 +92,8 @@ class WorkQueue:
         self._max_batch = max_batch_frames
         self._questions: deque[QuestionItem] = deque()
         self._control: deque[ControlItem] = deque()
+        self._check_capacity = check_capacity
+        self._checks: deque[CheckItem] = deque()
         self._frames: dict[str, deque[FrameLike]] = {}
         self._rotation: deque[str] = deque()  # cameras in round-robin order
         self._cond = threading.Condition()
@@ -90,6 +112,31 @@ class WorkQueue:
                 raise QueueFull("too many flush requests are already waiting")
             self._control.append(item)
             self._cond.notify()
+
+    def put_check(self, item: CheckItem) -> CheckItem | None:
+        """Queue a rule check; return the check shed by ``drop_oldest``, if any (the caller
+        fails its future and counts it)."""
+        with self._cond:
+            shed = self._checks.popleft() if len(self._checks) >= self._check_capacity else None
+            self._checks.append(item)
+            self._cond.notify()
+            return shed
+
+    def take_check(self) -> CheckItem | None:
+        """The oldest waiting rule check, without blocking; None when none waits (served
+        between vision layer groups after the waiting questions)."""
+        with self._cond:
+            return self._checks.popleft() if self._checks else None
+
+    def drain_checks(self) -> list[CheckItem]:
+        with self._cond:
+            items = list(self._checks)
+            self._checks.clear()
+            return items
+
+    def check_depth(self) -> int:
+        with self._cond:
+            return len(self._checks)
 
     def put_frame(self, frame: FrameLike) -> FrameLike | None:
         """Queue a frame; return the frame shed by the overflow policy, if any."""
@@ -117,10 +164,18 @@ class WorkQueue:
                 return self._questions.popleft()
             if self._control:
                 return self._control.popleft()
+            if self._checks:
+                return self._checks.popleft()
             return self._next_batch()
 
+    def take_question(self) -> QuestionItem | None:
+        """The oldest waiting question, without blocking; None when none waits (the engine asks
+        between vision layer groups of a frame's encode)."""
+        with self._cond:
+            return self._questions.popleft() if self._questions else None
+
     def _has_work(self) -> bool:
-        return bool(self._questions or self._control or any(self._frames.values()))
+        return bool(self._questions or self._control or self._checks or any(self._frames.values()))
 
     def _next_batch(self) -> FrameBatch:
         for _ in range(len(self._rotation)):

@@ -2,15 +2,43 @@
 
 They are small frozen dataclasses (no callables, no locks) so that the boundary stays
 message-based: the engine could move to another process and these would be what is pickled.
+An answer's records (deltas, moments, the final, a failure) are :mod:`stream_agent.answers`,
+shared by the memory, the worker, the engine and the server; they are re-exported here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol, TypeAlias
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from stream_agent.answers import (
+    AnswerDelta,
+    AnswerEvent,
+    AnswerFailed,
+    AnswerFinal,
+    AnswerTimings,
+    Moment,
+    StreamEvent,
+)
+
+__all__ = [
+    "AnswerDelta",
+    "AnswerEvent",
+    "AnswerFailed",
+    "AnswerFinal",
+    "AnswerTimings",
+    "CameraMemory",
+    "EngineStatus",
+    "FrameBatch",
+    "FrameLike",
+    "Moment",
+    "Question",
+    "StreamEvent",
+    "WorkerStatus",
+]
 
 
 class FrameLike(Protocol):
@@ -58,84 +86,6 @@ class Question:
     received_at: float = 0.0
 
 
-# --- what a worker yields while answering ------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TextDelta:
-    """The next piece of the answer's text (usually one decoded token)."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Moment:
-    """A stretch of one camera's video an answer used, with its retrieval score.
-
-    ``start_pts``/``end_pts`` are stream seconds, ``start_wall``/``end_wall`` Unix seconds.
-    """
-
-    camera: str
-    start_pts: float
-    end_pts: float
-    start_wall: float
-    end_wall: float
-    score: float
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerDone:
-    """The worker's last event: the moments used and the number of generated tokens."""
-
-    evidence: tuple[Moment, ...] = ()
-    tokens: int = 0
-    finish_reason: Literal["stop", "length"] = "stop"
-    notes: tuple[str, ...] = ()
-    """What the answer could not do as asked (see ``protocol.Answer.notes``)."""
-
-
-AnswerEvent: TypeAlias = TextDelta | AnswerDone
-
-
-# --- what the engine delivers to the event loop ------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Delta:
-    """A piece of answer text delivered to the loop."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Final:
-    """The end of an answer: the whole text, the evidence and the timings.
-
-    ``ttft_s`` is from ``Question.received_at`` to the first delta (None without text);
-    ``tokens_per_s`` is the decoding rate after the first token (None with fewer than two).
-    """
-
-    text: str
-    evidence: tuple[Moment, ...]
-    tokens: int
-    finish_reason: Literal["stop", "length", "cancelled"]
-    ttft_s: float | None
-    tokens_per_s: float | None
-    total_s: float
-    notes: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """The answer failed; ``code`` is a protocol error code, ``message`` a sentence."""
-
-    code: Literal["internal", "busy", "bad_request", "unknown_camera"]
-    message: str
-
-
-StreamEvent: TypeAlias = Delta | Final | Failed
-
-
 # --- status ------------------------------------------------------------------------------------
 
 
@@ -153,6 +103,13 @@ class CameraMemory:
     last_wall: float | None = None
     cacher_reuse_share: float | None = None
     pruner_kept_share: float | None = None
+    gate_reasons: tuple[tuple[str, int], ...] = ()
+    """Change-gate decisions by reason (``unchanged``: gated; any other: passed)."""
+    reused_extensions: int = 0
+    vision_s: float = 0.0
+    """Engine-thread seconds spent in the camera's vision chain (gate, encoder, pruner)."""
+    prefill_s: float = 0.0
+    """... and in its memory (prefilling blocks, extending spans)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,12 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from stream_agent.engine.records import Delta, StreamEvent
+from stream_agent.answers import AnswerDelta, StreamEvent
 
 
 class AnswerStream:
-    """``async for event in stream``: ``Delta``s, then exactly one ``Final`` or ``Failed``."""
+    """``async for event in stream``: ``AnswerDelta``s, then exactly one ``AnswerFinal`` or
+    ``AnswerFailed``."""
 
     def __init__(
         self,
@@ -48,7 +49,7 @@ class AnswerStream:
         self.coalesced = 0
 
     def cancel(self) -> None:
-        """Ask the engine to stop this answer; the stream still ends with its ``Final``."""
+        """Ask the engine to stop this answer; the stream still ends with its ``AnswerFinal``."""
         self._cancel.set()
 
     @property
@@ -83,7 +84,7 @@ class AnswerStream:
             self._inbox.clear()
             self._drain_scheduled = False
         for item in items:
-            self.push(Delta("".join(item)) if isinstance(item, list) else item)
+            self.push(AnswerDelta("".join(item)) if isinstance(item, list) else item)
 
     def push(self, event: StreamEvent) -> None:
         """Add an event on the loop thread; events after the terminal one are ignored."""
@@ -91,12 +92,12 @@ class AnswerStream:
             return
         with self._inbox_lock:  # _add also counts merges, which the engine thread does too
             self._add(self._buffer, event)
-        if not isinstance(event, Delta):
+        if not isinstance(event, AnswerDelta):
             self._ended = True
         self._wakeup.set()
 
     def _add(self, queue: deque[list[str] | StreamEvent], event: StreamEvent) -> None:
-        if not isinstance(event, Delta):
+        if not isinstance(event, AnswerDelta):
             queue.append(event)  # the terminal event always fits: capacity - 1 below
             return
         last = queue[-1] if queue else None
@@ -120,7 +121,7 @@ class AnswerStream:
             await self._wakeup.wait()
         item = self._buffer.popleft()
         if isinstance(item, list):
-            return Delta("".join(item))
+            return AnswerDelta("".join(item))
         self._delivered_end = True
         return item
 
@@ -129,7 +130,7 @@ class AnswerStream:
         parts: list[str] = []
         terminal: StreamEvent | None = None
         async for event in self:
-            if isinstance(event, Delta):
+            if isinstance(event, AnswerDelta):
                 parts.append(event.text)
             else:
                 terminal = event

@@ -11,6 +11,8 @@ reloads what was stored. Settings are one :class:`MemoryOptions` record. This pa
 
 from __future__ import annotations
 
+from stream_agent.answers import AnswerDelta, AnswerEvent, AnswerFinal, AnswerTimings, Moment
+from stream_agent.memory.check import CheckCondition, CheckResult, check_prompt
 from stream_agent.memory.chunks import text_chunk
 from stream_agent.memory.errors import (
     CorruptBlockError,
@@ -26,12 +28,7 @@ from stream_agent.memory.errors import (
 from stream_agent.memory.memory import Memory
 from stream_agent.memory.options import MemoryOptions
 from stream_agent.memory.records import (
-    AnswerDelta,
-    AnswerEvent,
-    AnswerFinal,
-    AnswerTimings,
     BlockMeta,
-    Evidence,
     FrameStamp,
     StreamStatus,
     TimeRange,
@@ -43,14 +40,16 @@ __all__ = [
     "AnswerFinal",
     "AnswerTimings",
     "BlockMeta",
+    "CheckCondition",
+    "CheckResult",
     "CorruptBlockError",
-    "Evidence",
     "FrameStamp",
     "KVMemoryError",
     "Memory",
     "MemoryClosedError",
     "MemoryConfigError",
     "MemoryOptions",
+    "Moment",
     "PositionBudgetError",
     "QuestionError",
     "StoreError",
@@ -58,5 +57,6 @@ __all__ = [
     "StreamStatus",
     "TimeRange",
     "UnknownStreamError",
+    "check_prompt",
     "text_chunk",
 ]

@@ -12,7 +12,9 @@ assistant's turn) runs through the LLM one decoder layer at a time. At layer ``l
    renumbered from 0, see :mod:`~.layout`) that ends where the suffix starts, each block's
    stored keys re-rotated there;
 4. the answer's :class:`~.compression.base.InContextCompressor` may narrow what of that context
-   the layer sees (``none``, the default, keeps all);
+   the layer sees (``none``, the default, keeps all): before assembly by naming the tokens of
+   each block to load (``select_tokens``), after it by a keep-set (``prefill_layer``) to which
+   the buffer is compacted; while decoding, a step's keep-set (``decode_layer``) is gathered;
 5. the library's decoder layer runs the suffix over that context (writing the suffix's own K/V
    after it), giving layer ``l + 1``'s input, whose queries depend on what layer ``l`` saw.
 
@@ -28,22 +30,23 @@ is not changed by a question.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from stream_agent.answers import Moment, best_first
 from stream_agent.memory.cache import SlotCache, SlotLayer
 from stream_agent.memory.compression import (
     AttentionProbe,
+    ContextBlock,
     InContextCompressor,
     LayerContext,
     NoCompression,
 )
-from stream_agent.memory.compression.base import blocks_in_buffer
 from stream_agent.memory.errors import PositionBudgetError
 from stream_agent.memory.layout import Layouter
-from stream_agent.memory.records import Candidate, Evidence
+from stream_agent.memory.records import Candidate
 from stream_agent.memory.retrieval import Retriever
 from stream_agent.memory.runner import LayerRunner
 from stream_agent.memory.window import SinkKV
@@ -60,6 +63,7 @@ __all__ = ["AnswerPass", "Candidate", "LayerLoader", "PreparedAnswer"]
 class PreparedAnswer:
     """The question prefilled over its retrieved context, ready to decode.
 
+    ``evidence`` are the blocks any layer saw, as the answer cites them (best first);
     ``selections[l]`` are the blocks layer ``l`` saw (time order); ``context_tokens`` the largest
     number of cached tokens in a layer before the suffix; ``kept[l]`` the context slots the
     compressor left layer ``l`` (None: all).
@@ -68,7 +72,7 @@ class PreparedAnswer:
     cache: SlotCache
     logits: torch.Tensor
     next_position: int
-    evidence: tuple[Evidence, ...]
+    evidence: tuple[Moment, ...]
     selections: tuple[tuple[Candidate, ...], ...]
     context_tokens: int
     retrieval_s: float
@@ -111,45 +115,102 @@ class AnswerPass:
         return self.layouter.lay_out([c.meta.layout for c in chosen], self.sink.tokens).end
 
     def _assemble(
-        self, layer: int, chosen: Sequence[Candidate], limit: int, extra: int
-    ) -> SlotLayer:
+        self,
+        layer: int,
+        chosen: Sequence[Candidate],
+        limit: int,
+        extra: int,
+        recent_keys: set[tuple[int, int]],
+        offsets: Mapping[tuple[int, int], torch.Tensor] | None = None,
+    ) -> tuple[SlotLayer, tuple[ContextBlock, ...]]:
         """Layer ``layer``'s context buffer: the sink, then ``chosen`` laid out one after the
         other and moved as a whole to end right where the suffix starts (``limit``), so that
-        the newest blocks stay next to the question; their keys are re-rotated there. ``extra``
-        free slots follow."""
+        the newest blocks stay next to the question; their keys are re-rotated there. Of a
+        block in ``offsets`` only those tokens are loaded (at their laid-out positions).
+        ``extra`` free slots follow."""
         r = self.runner
         sink_tokens = self.sink.tokens
-        tokens = sum(c.meta.tokens for c in chosen)
+        placement = self.layouter.lay_out([c.meta.layout for c in chosen], sink_tokens)
+        if placement.end > limit:
+            raise PositionBudgetError(
+                f"layer {layer}'s blocks end at {placement.end}, after the suffix at {limit}"
+            )
+        gap = limit - placement.end
+        picks = [None if offsets is None else offsets.get(c.key) for c in chosen]
+        sizes = [
+            c.meta.tokens if p is None else int(p.numel())
+            for c, p in zip(chosen, picks, strict=True)
+        ]
+        tokens = sum(sizes)
         capacity = sink_tokens + tokens + extra
         shape = (1, r.kv_heads, capacity, r.head_dim)
         keys = torch.empty(shape, dtype=r.dtype, device=r.device)
         values = torch.empty(shape, dtype=r.dtype, device=r.device)
         keys[0, :, :sink_tokens] = self.sink.keys[layer].to(r.device, r.dtype)
         values[0, :, :sink_tokens] = self.sink.values[layer].to(r.device, r.dtype)
-        placement = self.layouter.lay_out([c.meta.layout for c in chosen], sink_tokens)
-        if placement.end > limit:
-            raise PositionBudgetError(
-                f"layer {layer}'s blocks end at {placement.end}, after the suffix at {limit}"
-            )
+        blocks: list[ContextBlock] = []
         if chosen:
             block_keys: list[torch.Tensor] = []
             block_values: list[torch.Tensor] = []
-            for cand in chosen:
-                k, v = self.loader(cand, layer)
-                block_keys.append(k.to(r.device, r.dtype))
-                block_values.append(v.to(r.device, r.dtype))
-            gap = limit - placement.end
-            deltas = torch.cat(
-                [
-                    new + gap - cand.meta.layout.positions
-                    for new, cand in zip(placement.positions, chosen, strict=True)
-                ],
-                dim=1,
+            block_deltas: list[torch.Tensor] = []
+            at = sink_tokens
+            for cand, new, pick, size in zip(
+                chosen, placement.positions, picks, sizes, strict=True
+            ):
+                placed = new + gap
+                if pick is not None:
+                    placed = placed[:, pick]
+                if size:
+                    k, v = self.loader(cand, layer)
+                    if pick is not None:
+                        k, v = k[:, pick.to(k.device)], v[:, pick.to(v.device)]
+                    block_keys.append(k.to(r.device, r.dtype))
+                    block_values.append(v.to(r.device, r.dtype))
+                    old = cand.meta.layout.positions
+                    block_deltas.append(placed - (old if pick is None else old[:, pick]))
+                blocks.append(
+                    ContextBlock(cand, slice(at, at + size), cand.key in recent_keys, pick, placed)
+                )
+                at += size
+            if block_keys:
+                joined = r.shift_tokens(torch.cat(block_keys, dim=1), torch.cat(block_deltas, 1))
+                keys[0, :, sink_tokens : sink_tokens + tokens] = joined
+                values[0, :, sink_tokens : sink_tokens + tokens] = torch.cat(block_values, 1)
+        return SlotLayer(keys, values, extent=sink_tokens + tokens), tuple(blocks)
+
+    def _compact(
+        self,
+        slot_layer: SlotLayer,
+        blocks: tuple[ContextBlock, ...],
+        keep: torch.Tensor,
+        extra: int,
+    ) -> tuple[SlotLayer, tuple[ContextBlock, ...]]:
+        """The buffer with only the ``keep`` context slots (the sink is always kept), so that
+        the layer, and every decoding step after, attends over fewer keys."""
+        r = self.runner
+        picked = keep.nonzero().squeeze(1)
+        kept = int(picked.numel())
+        shape = (1, r.kv_heads, kept + extra, r.head_dim)
+        keys = torch.empty(shape, dtype=r.dtype, device=r.device)
+        values = torch.empty(shape, dtype=r.dtype, device=r.device)
+        assert slot_layer.keys is not None and slot_layer.values is not None
+        where = picked.to(r.device)
+        keys[:, :, :kept] = slot_layer.keys.index_select(2, where)
+        values[:, :, :kept] = slot_layer.values.index_select(2, where)
+        out: list[ContextBlock] = []
+        at = self.sink.tokens
+        for block in blocks:
+            local = keep[block.slots]
+            size = int(local.sum())
+            positions = None if block.positions is None else block.positions[:, local]
+            offsets = block.token_offsets()[local]
+            out.append(
+                ContextBlock(
+                    block.candidate, slice(at, at + size), block.recent, offsets, positions
+                )
             )
-            joined = r.shift_tokens(torch.cat(block_keys, dim=1), deltas)
-            keys[0, :, sink_tokens : sink_tokens + tokens] = joined
-            values[0, :, sink_tokens : sink_tokens + tokens] = torch.cat(block_values, dim=1)
-        return SlotLayer(keys, values, extent=sink_tokens + tokens)
+            at += size
+        return SlotLayer(keys, values, extent=kept), tuple(out)
 
     @torch.no_grad()
     def prefill(
@@ -196,29 +257,29 @@ class AnswerPass:
             selections.append(tuple(chosen))
             for cand in chosen:
                 loaded.add((cand.stream_id, cand.meta.block_id, layer))
-            slot_layer = self._assemble(layer, chosen, start, rows + max_new_tokens)
+            extra = rows + max_new_tokens
+            thinned = compressor.select_tokens(layer, chosen) if compressor.active else None
+            slot_layer, blocks = self._assemble(layer, chosen, start, extra, recent_keys, thinned)
+            view: LayerContext | None = None
+            keep: torch.Tensor | None = None
+            if compressor.active:
+                view = self._view(layer, slot_layer, blocks, query_rows, rows)
+                keep = compressor.prefill_layer(view, previous)
+                if keep is not None:
+                    keep = keep.cpu().clone()
+                    keep[: self.sink.tokens] = True
+                    if bool(keep.all()):
+                        keep = None
+                    else:
+                        slot_layer, blocks = self._compact(slot_layer, blocks, keep, extra)
+                        view = self._view(layer, slot_layer, blocks, query_rows, rows)
+                        keep = None
             context = slot_layer.extent
             context_tokens = max(context_tokens, context)
             slot_layer.plan(slice(context, context + rows), context + rows)
             cache.add(slot_layer)
             visible = torch.ones(rows, context + rows, dtype=torch.bool, device=r.device)
             visible[:, context:] = causal
-            view: LayerContext | None = None
-            keep: torch.Tensor | None = None
-            if compressor.active:
-                view = LayerContext(
-                    layer=layer,
-                    step=None,
-                    cache=slot_layer,
-                    sink=slice(0, self.sink.tokens),
-                    blocks=blocks_in_buffer(chosen, recent_keys, self.sink.tokens),
-                    context_slots=context,
-                    rows=slice(context, context + rows),
-                    question_rows=query_rows,
-                )
-                keep = compressor.prefill_layer(view, previous)
-                if keep is not None:
-                    visible[:, :context] &= keep.to(visible.device)[None]
             contexts.append(view)
             kept.append(keep)
             layer_input = hidden
@@ -241,11 +302,33 @@ class AnswerPass:
             kept=tuple(kept),
         )
 
+    def _view(
+        self,
+        layer: int,
+        slot_layer: SlotLayer,
+        blocks: tuple[ContextBlock, ...],
+        query_rows: slice,
+        rows: int,
+    ) -> LayerContext:
+        context = slot_layer.extent
+        return LayerContext(
+            layer=layer,
+            step=None,
+            cache=slot_layer,
+            sink=slice(0, self.sink.tokens),
+            blocks=blocks,
+            context_slots=context,
+            rows=slice(context, context + rows),
+            question_rows=query_rows,
+        )
+
     def _evidence(
         self, picked_by: dict[tuple[int, int], list[float]], recent_keys: set[tuple[int, int]]
-    ) -> tuple[Evidence, ...]:
+    ) -> tuple[Moment, ...]:
+        """The blocks the layers saw as the answer's moments, best first (stream names are
+        the cameras')."""
         layers = self.runner.num_layers
-        out: list[tuple[tuple[float, float, int, int], Evidence]] = []
+        out: list[tuple[tuple[float, float, int, int], Moment]] = []
         for cand in [*self.candidates, *self.recent]:
             m = cand.meta
             if cand.key in recent_keys:
@@ -255,24 +338,20 @@ class AnswerPass:
                 score, relevance = len(hits) / layers, sum(hits) / len(hits)
             else:
                 continue
-            out.append(
-                (
-                    cand.order,
-                    Evidence(
-                        stream=m.stream,
-                        seq=m.seq,
-                        pts_start=m.pts_start,
-                        pts_end=m.pts_end,
-                        wall_start=m.wall_start,
-                        wall_end=m.wall_end,
-                        score=score,
-                        relevance=relevance,
-                        recent=cand.key in recent_keys,
-                    ),
-                )
+            moment = Moment(
+                camera=m.stream,
+                start_pts=m.pts_start,
+                end_pts=m.pts_end,
+                start_wall=m.wall_start,
+                end_wall=m.wall_end,
+                score=score,
+                relevance=relevance,
+                recent=cand.key in recent_keys,
+                seq=m.seq,
             )
-        out.sort(key=lambda pair: pair[0])
-        return tuple(e for _, e in out)
+            out.append((cand.order, moment))
+        out.sort(key=lambda pair: pair[0])  # ties in rank stay in time order
+        return best_first(moment for _, moment in out)
 
     def decode(self, prepared: PreparedAnswer, options: DecodeOptions) -> Iterator[DecodeStep]:
         """Decode the answer over the per-layer contexts (each token appended to every layer;
@@ -315,7 +394,8 @@ class AnswerPass:
                         for narrowed in (kept, keep):
                             if narrowed is not None:
                                 visible[:, : base.context_slots] &= narrowed.to(r.device)[None]
-                        mask = r.additive_mask(visible)
+                        # one query row: attend over the kept slots gathered, not a mask
+                        slot_layer.gather = visible[0].nonzero().squeeze(1)
                 layer_input = hidden
                 hidden = r.run_layer(layer, hidden, embeddings, cache, mask)
                 slot_layer.written = None

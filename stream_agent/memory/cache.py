@@ -36,6 +36,9 @@ class SlotLayer(CacheLayerMixin):
         self.extent = extent
         self.write: Slots | None = None
         self.written: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: Slots the next :meth:`update` returns instead of ``[0, extent)`` (a compressor's
+        #: per-step selection, gathered so that attention runs over fewer keys); reset by it.
+        self.gather: torch.Tensor | None = None
 
     @property
     def capacity(self) -> int:
@@ -67,6 +70,9 @@ class SlotLayer(CacheLayerMixin):
             self.values.index_copy_(2, self.write, value_states)
         self.written = (key_states, value_states)
         self.write = None
+        if self.gather is not None:
+            picked, self.gather = self.gather, None
+            return self.keys.index_select(2, picked), self.values.index_select(2, picked)
         return self.keys[:, :, : self.extent], self.values[:, :, : self.extent]
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:

@@ -15,7 +15,6 @@ deletes, the event loop reads.
 from __future__ import annotations
 
 import bisect
-import io
 import logging
 import os
 import threading
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
+
+from stream_agent.jpeg import encode_jpeg
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +37,8 @@ FRAME_QUALITY = 80
 def thumbnail_jpeg(
     image: npt.NDArray[np.uint8], *, max_side: int = FRAME_MAX_SIDE, quality: int = FRAME_QUALITY
 ) -> bytes:
-    """RGB ``uint8`` (H, W, 3) -> JPEG bytes, downscaled so the longer side is ``max_side``."""
-    picture = Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
-    if max(picture.size) > max_side:
-        picture.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
-    out = io.BytesIO()
-    picture.save(out, format="JPEG", quality=quality)
-    return out.getvalue()
+    """RGB ``uint8`` (H, W, 3) -> the JPEG of an evidence frame (longer side ``max_side``)."""
+    return encode_jpeg(image, max_side=max_side, quality=quality)
 
 
 @dataclass(frozen=True, slots=True)

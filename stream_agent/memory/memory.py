@@ -41,7 +41,9 @@ from typing import Any, Literal
 
 import torch
 
+from stream_agent.answers import AnswerDelta, AnswerEvent, AnswerFinal, AnswerTimings
 from stream_agent.memory.answer import AnswerPass, PreparedAnswer
+from stream_agent.memory.check import CheckCondition, CheckPass, CheckResult
 from stream_agent.memory.compression import make_compressor
 from stream_agent.memory.errors import (
     CorruptBlockError,
@@ -54,13 +56,9 @@ from stream_agent.memory.frames import BlockFrame, FrameStore
 from stream_agent.memory.heap import release_free_memory
 from stream_agent.memory.layout import BlockLayout, step_chunk
 from stream_agent.memory.options import MemoryOptions, Retrieval
-from stream_agent.memory.planning import PROBES, Planner
+from stream_agent.memory.planning import PROBES, Planner, clip_moment
 from stream_agent.memory.ram_cache import BlockCache
 from stream_agent.memory.records import (
-    AnswerDelta,
-    AnswerEvent,
-    AnswerFinal,
-    AnswerTimings,
     BlockMeta,
     Candidate,
     FrameStamp,
@@ -147,6 +145,9 @@ class Memory:
             frames=frames,
         )
         self.planner = Planner(model, options, self.tiers, max_positions=self.max_positions)
+        self.checks = CheckPass(
+            self.runner, self.sink, self.planner, self.tiers, system_prompt=options.system_prompt
+        )
         self._closed = False
         for name in store.stream_names():
             self.tiers.open_stream(name)
@@ -324,6 +325,26 @@ class Memory:
         chunk, layout = self._fit(window, place)
         return self.tiers.store_block(state, window.encode(chunk, layout), stamp, frame)
 
+    def extend_last(self, stream: str, end: FrameStamp) -> BlockMeta | None:
+        """Extend ``stream``'s newest block to ``end`` (its ``end_pts``/``end_wall``): nothing
+        new was seen since (the change gate held the frames back, or the cacher reused the
+        block's frame whole). No encode and no prefill; the block's evidence times cover the
+        still period, and the index row is updated at the next append or flush. Returns the
+        extended record; None when the stream has no block yet. Times never move back."""
+        self._check_open()
+        state = self._streams.get(stream)
+        if state is None or not state.blocks:
+            return None
+        last = state.blocks[-1]
+        pts_end = max(last.pts_end, float(end.end_pts))
+        wall_end = max(last.wall_end, float(end.end_wall))
+        if pts_end == last.pts_end and wall_end == last.wall_end:
+            return last
+        extended = replace(last, pts_end=pts_end, wall_end=wall_end)
+        state.blocks[-1] = extended
+        self.store.extend_span(state.stream_id, last.block_id, pts_end, wall_end)
+        return extended
+
     def _fit(
         self, window: Window, place: Callable[[], tuple[LMChunk, BlockLayout]]
     ) -> tuple[LMChunk, BlockLayout]:
@@ -383,7 +404,7 @@ class Memory:
                 recent=recent,
                 top_k=k,
                 loader=self.tiers.load,
-                compressor=make_compressor(self.options.compression),
+                compressor=make_compressor(self.options.compression, self.runner),
             )
             suffix, offset, notes = planner.fit_top_k(answer_pass, layout, max_new_tokens)
             rows = planner.question_rows(layout, offset)
@@ -428,8 +449,11 @@ class Memory:
     ) -> Iterator[AnswerEvent]:
         """Answer ``question`` from ``stream`` (None: all streams) within ``time_range``.
 
-        Yields :class:`AnswerDelta` text pieces, then one :class:`AnswerFinal` with the whole
-        text, the evidence and the timings. ``cancel`` is checked between tokens.
+        Yields :class:`~stream_agent.answers.AnswerDelta` text pieces, then one
+        :class:`~stream_agent.answers.AnswerFinal` with the whole text, the token ids, the
+        evidence (best first; the streams' names are the cameras') and the timings (from this
+        call). ``cancel`` is checked between tokens: once it is set, the final follows at once,
+        with ``finish_reason`` ``cancelled``.
         """
         began = time.perf_counter()
         options = options or DecodeOptions()
@@ -440,18 +464,19 @@ class Memory:
             yield AnswerDelta(NO_MOMENTS_TEXT)
             yield AnswerFinal(
                 text=NO_MOMENTS_TEXT,
-                token_ids=(),
                 evidence=(),
+                tokens=0,
+                finish_reason="stop",
                 timings=AnswerTimings(
                     ttft_s=None,
-                    retrieval_s=0.0,
                     tokens_per_s=None,
                     total_s=time.perf_counter() - began,
+                    retrieval_s=0.0,
                     context_tokens=0,
                     blocks_loaded=0,
                     disk_reads=0,
+                    index_reads=0,
                 ),
-                finish_reason="stop",
                 notes=(NO_MOMENTS_NOTE,),
             )
             return
@@ -485,25 +510,30 @@ class Memory:
                 break
         generated = len(token_ids)
         rate = (generated - 1) / (last - first) if first is not None and last > first else None
+        evidence, notes = prepared.evidence, prepared.notes
+        if time_range is not None:  # a still scene's block is cited for the range's part only
+            evidence = tuple(clip_moment(m, time_range) for m in evidence)
+        retrieval_s, context_tokens = prepared.retrieval_s, prepared.context_tokens
+        blocks_loaded = prepared.blocks_loaded
+        del answer_pass, prepared  # the per-layer contexts: free them, then hand the pages back
+        release_free_memory()
         timings = AnswerTimings(
             ttft_s=None if first is None else first - began,
-            retrieval_s=prepared.retrieval_s,
             tokens_per_s=rate,
             total_s=time.perf_counter() - began,
-            context_tokens=prepared.context_tokens,
-            blocks_loaded=prepared.blocks_loaded,
+            retrieval_s=retrieval_s,
+            context_tokens=context_tokens,
+            blocks_loaded=blocks_loaded,
             disk_reads=self.disk_reads - reads_before,
             index_reads=self.tiers.index_reads - index_before,
         )
-        evidence, notes = prepared.evidence, prepared.notes
-        del answer_pass, prepared  # the per-layer contexts: free them, then hand the pages back
-        release_free_memory()
         yield AnswerFinal(
             text="".join(text),
-            token_ids=tuple(token_ids),
             evidence=evidence,
-            timings=timings,
+            tokens=generated,
             finish_reason=reason,
+            timings=timings,
+            token_ids=tuple(token_ids),
             notes=notes,
         )
 
@@ -512,6 +542,20 @@ class Memory:
         self._check_open()
         candidates, recent = self.planner.scope(stream, time_range)
         return not candidates and not recent
+
+    def check(self, stream: str, conditions: Sequence[CheckCondition]) -> list[CheckResult]:
+        """Score yes/no ``conditions`` over ``stream``'s recent blocks in ONE forward (no
+        decoding; see :mod:`~.check`): one :class:`CheckResult` per condition, in order."""
+        self._check_open()
+        for attempt in range(_RETRIES):
+            try:
+                return self.checks.run(stream, conditions)
+            except CorruptBlockError as exc:
+                if attempt == _RETRIES - 1:
+                    raise
+                log.warning("memory: %s; dropping it and retrying the check", exc)
+                self.tiers.drop_corrupt(exc.block if isinstance(exc.block, BlockMeta) else None)
+        raise AssertionError("unreachable")
 
     # ------------------------------------------------------------------------------- status
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import torch
 
-from stream_agent.memory.compression import COMPRESSORS
+from stream_agent.memory.compression import CompressionSpec, parse_compression
 from stream_agent.memory.errors import MemoryConfigError
 from stream_agent.memory.retrieval import RETRIEVERS
 
@@ -21,6 +21,9 @@ STORE_DTYPES: dict[str, torch.dtype] = {
     "float16": torch.float16,
     "bfloat16": torch.bfloat16,
     "float32": torch.float32,
+    # the 8-bit KV codec (stream_agent.memory.kv8): int8 with per-channel float16 scales on
+    # disk; representative keys and sketches stay float16
+    "int8": torch.int8,
 }
 
 QueryRows = Literal["question", "prompt"]
@@ -56,8 +59,10 @@ class MemoryOptions:
       retrieval's best half of ``top_k`` (rounded up), then fills the rest with its own picks.
     - ``sketch_vectors``: embedding vectors kept per block for ``"embedding"`` retrieval.
     - ``compression``: the in-context compression applied to each layer's assembled context
-      during the answer (:mod:`~stream_agent.memory.compression`; ``"none"``, the default,
-      leaves it whole).
+      during the answer (:mod:`~stream_agent.memory.compression`): a method name (``"none"``,
+      the default, leaves it whole; ``"dycoke"``, ``"holitom"``, ``"metok"``), a mapping
+      ``{"method": name, **settings}`` or a list of them (combined); kept as the validated
+      tuple of :class:`~.compression.CompressionSpec` (empty: none).
     - ``index_ram_blocks``: per stream, the newest blocks whose retrieval rows (representative
       keys; sketches too when ``retrieval`` uses them) stay in RAM; older blocks' rows are read
       from the SQLite index at question time, so RAM does not grow with the stream's length.
@@ -68,8 +73,9 @@ class MemoryOptions:
     - ``disk_budget_bytes``: all streams' block files together; the oldest blocks go first;
     - ``retention_s``: blocks whose wall time is older than this behind the newest block of any
       stream are evicted (a stream's ``recent_blocks`` newest stay);
-    - ``store_dtype``: ``float16`` (default, half the bytes), ``bfloat16`` or ``float32`` (bit
-      exact for a float32 model);
+    - ``store_dtype``: ``float16`` (default, half the bytes), ``bfloat16``, ``float32`` (bit
+      exact for a float32 model) or ``int8`` (the 8-bit KV codec, :mod:`~.kv8`: about half of
+      float16's bytes; per-channel scales, error at most half a scale per value);
     - ``segment_bytes``: block files roll over at this size; a file is deleted once all of its
       blocks are evicted;
     - ``fsync``: flush each block file and index commit to the device before returning, so that
@@ -91,7 +97,7 @@ class MemoryOptions:
     query_rows: QueryRows = "question"
     retrieval: Retrieval = "internal"
     sketch_vectors: int = 8
-    compression: str = "none"
+    compression: Any = "none"
     index_ram_blocks: int = 512
 
     def __post_init__(self) -> None:
@@ -136,11 +142,8 @@ class MemoryOptions:
                 "memory.retrieval must be 'internal', 'embedding' or 'hybrid', got "
                 f"{self.retrieval!r}"
             )
-        if self.compression not in COMPRESSORS:
-            raise MemoryConfigError(
-                f"memory.compression must be one of {', '.join(map(repr, COMPRESSORS))}, got "
-                f"{self.compression!r}"
-            )
+        specs: tuple[CompressionSpec, ...] = parse_compression(self.compression)
+        object.__setattr__(self, "compression", specs)
         if self.query_rows not in ("question", "prompt"):
             raise MemoryConfigError(
                 f"memory.query_rows must be 'question' or 'prompt', got {self.query_rows!r}"
@@ -174,6 +177,21 @@ class MemoryOptions:
             "retrieval": section.retrieval,
         }
         if hasattr(section, "compression"):
-            values["compression"] = section.compression
+            values["compression"] = _plain_compression(section.compression)
+        if hasattr(section, "store_dtype"):
+            values["store_dtype"] = section.store_dtype
         values.update(overrides)
         return cls(**values)
+
+
+def _plain_compression(value: Any) -> Any:
+    """The config section's compression (names, pydantic models, tuples) as names and dicts of
+    the settings given (the memory's defaults fill the rest)."""
+    if isinstance(value, list | tuple):
+        return [_plain_compression(v) for v in value]
+    dump = getattr(value, "model_dump", None)
+    if dump is not None:
+        given = dump(exclude_unset=True)
+        given["method"] = value.method
+        return given
+    return value

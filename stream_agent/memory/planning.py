@@ -14,11 +14,13 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
+from stream_agent.answers import Moment
 from stream_agent.memory.answer import AnswerPass
 from stream_agent.memory.errors import QuestionError
 from stream_agent.memory.options import MemoryOptions
-from stream_agent.memory.records import Candidate, TimeRange
+from stream_agent.memory.records import BlockMeta, Candidate, TimeRange
 from stream_agent.memory.tiers import Tiers
 from stream_agent.models.base import LanguageModel, VideoLLM
 from stream_agent.models.records import LMChunk, PromptLayout
@@ -27,6 +29,38 @@ log = logging.getLogger(__name__)
 
 #: Probe questions: the suffix rows where a question's prompt differs from theirs are its own.
 PROBES = ("0", "1")
+
+
+def usable_in(meta: BlockMeta, since: float | None, until: float | None) -> bool:
+    """Whether a question bounded to ``[since, until]`` (Unix seconds, None: open) may use the
+    block ``meta``: when the block lies wholly inside the range, or when its span was extended
+    by the change gate (longer than the step it encoded, ``layout.seconds_per_step``) and
+    overlaps the range: the scene did not change over that span, so what the block holds is
+    what the range saw. Its evidence is then cited clipped to the range (:func:`clip_moment`)."""
+    if (since is None or meta.wall_start >= since) and (until is None or meta.wall_end <= until):
+        return True
+    extended = meta.wall_end - meta.wall_start > meta.layout.seconds_per_step + 1e-6
+    overlaps = (since is None or meta.wall_end >= since) and (
+        until is None or meta.wall_start <= until
+    )
+    return extended and overlaps
+
+
+def clip_moment(moment: Moment, time_range: TimeRange) -> Moment:
+    """``moment`` cut to ``time_range`` (its stream seconds shifted with its wall times)."""
+    start = (
+        moment.start_wall if time_range.since is None else max(moment.start_wall, time_range.since)
+    )
+    end = moment.end_wall if time_range.until is None else min(moment.end_wall, time_range.until)
+    if start == moment.start_wall and end == moment.end_wall:
+        return moment
+    return replace(
+        moment,
+        start_wall=start,
+        end_wall=end,
+        start_pts=moment.start_pts + (start - moment.start_wall),
+        end_pts=moment.end_pts + (end - moment.end_wall),
+    )
 
 
 class Planner:
@@ -84,9 +118,10 @@ class Planner:
         ``time_range``. (The candidates' retrieval rows are the retriever's to read, see
         :mod:`~.retrieval`.)
 
-        Only blocks that lie wholly inside the range are used, the recent ones included: the
-        recent blocks are the newest ``recent_blocks`` of each stream *within* the range, so
-        that an answer bounded to the past neither sees nor cites anything after it."""
+        Only blocks that lie wholly inside the range are used (see :func:`usable_in` for the
+        one exception, a still scene), the recent ones included: the recent blocks are the
+        newest ``recent_blocks`` of each stream *within* the range, so that an answer bounded
+        to the past neither sees nor cites anything after it."""
         states = (
             [self.tiers.state(stream)] if stream is not None else list(self.tiers.streams.values())
         )
@@ -96,11 +131,7 @@ class Planner:
         until = time_range.until if time_range else None
         for state in states:
             filled = [
-                i
-                for i, m in enumerate(state.blocks)
-                if m.tokens > 0
-                and (since is None or m.wall_start >= since)
-                and (until is None or m.wall_end <= until)
+                i for i, m in enumerate(state.blocks) if m.tokens > 0 and usable_in(m, since, until)
             ]
             recent_count = min(self.options.recent_blocks, len(filled))
             newest = set(filled[len(filled) - recent_count :]) if recent_count else set()

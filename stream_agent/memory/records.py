@@ -1,9 +1,13 @@
-"""Records the memory takes and hands out: small frozen dataclasses, no loose dicts."""
+"""Records the memory takes and hands out: small frozen dataclasses, no loose dicts.
+
+An answer's records (:class:`~stream_agent.answers.AnswerDelta`, ``AnswerFinal`` with its
+``Moment``s and ``AnswerTimings``) are the project's shared ones, :mod:`stream_agent.answers`:
+the memory yields what the engine delivers.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 
@@ -85,27 +89,6 @@ class BlockMeta:
         return self.layout.start
 
 
-@dataclass(frozen=True, slots=True)
-class Evidence:
-    """A block an answer was built from.
-
-    ``score`` is the share of the LLM's layers that retrieved the block (1.0 for the recent blocks,
-    which every layer sees); ``relevance`` the mean over those layers of the score that picked
-    it (internal retrieval: the question's mean query . the block's mean key; embedding
-    retrieval: max-sim of the question's embeddings with its sketch); None for recent blocks.
-    """
-
-    stream: str
-    seq: int
-    pts_start: float
-    pts_end: float
-    wall_start: float
-    wall_end: float
-    score: float
-    relevance: float | None
-    recent: bool
-
-
 @dataclass(frozen=True, slots=True, eq=False)
 class Candidate:
     """A block an answer may use, with the stream it belongs to."""
@@ -122,52 +105,6 @@ class Candidate:
     @property
     def key(self) -> tuple[int, int]:
         return (self.stream_id, self.meta.block_id)
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerTimings:
-    """The memory's figures of one answer.
-
-    ``ttft_s``: from the call to the first text; ``retrieval_s``: the question's layer pass
-    (retrieval, loading, prefill); ``tokens_per_s``: decoding rate after the first token;
-    ``total_s``: the whole answer; ``context_tokens``: the largest number of cached tokens a
-    layer saw before the question; ``blocks_loaded``: distinct blocks any layer used;
-    ``disk_reads``: block layers read from disk (RAM-tier misses); ``index_reads``: retrieval
-    rows (representative keys, sketches) of older blocks read from the index rather than RAM.
-    """
-
-    ttft_s: float | None
-    retrieval_s: float
-    tokens_per_s: float | None
-    total_s: float
-    context_tokens: int
-    blocks_loaded: int
-    disk_reads: int
-    index_reads: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerDelta:
-    """The next piece of the answer's text."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class AnswerFinal:
-    """The last event of an answer: whole text, token ids, evidence (in time order), timings."""
-
-    text: str
-    token_ids: tuple[int, ...]
-    evidence: tuple[Evidence, ...]
-    timings: AnswerTimings
-    finish_reason: Literal["stop", "length", "cancelled"]
-    notes: tuple[str, ...] = ()
-    """What the answer could not do as asked, in words (no video in the time range; fewer
-    blocks than ``top_k`` fitted beside a long question)."""
-
-
-AnswerEvent = AnswerDelta | AnswerFinal
 
 
 @dataclass(frozen=True, slots=True)

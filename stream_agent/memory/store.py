@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+from stream_agent.memory import kv8
 from stream_agent.memory.errors import CorruptBlockError, StoreError, StoreMismatchError
 from stream_agent.memory.layout import BlockLayout
 from stream_agent.memory.records import BlockMeta, FrameStamp
@@ -49,8 +50,14 @@ INDEX_FILE = "index.sqlite3"
 _MAGIC = b"SAKV"
 _HEADER = struct.Struct("<4sHHQIHHH6x")
 HEADER_BYTES = _HEADER.size
-_DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3}
-_DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+# the KV codec of a block file (its header says which); 4: the 8-bit codec of kv8
+_DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.int8: 4}
+_DTYPE_NAMES = {
+    torch.float16: "float16",
+    torch.bfloat16: "bfloat16",
+    torch.float32: "float32",
+    torch.int8: "int8",
+}
 _NAMED_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 _MAX_OPEN_SEGMENTS = 32
 
@@ -201,15 +208,23 @@ class BlockStore:
                 "writable, or point memory.store_dir elsewhere"
             ) from exc
         try:
-            self.dtype, self.sketch_vectors = self._check_meta(
-                fingerprint, store_dtype, sketch_vectors
-            )
+            stored, self.sketch_vectors = self._check_meta(fingerprint, store_dtype, sketch_vectors)
         except BaseException:
             self.db.close()
             raise
+        # ``kv_dtype``: how block files hold K/V (torch.int8: the 8-bit codec); ``dtype``: the
+        # float dtype of everything else (representative keys, sketches) and of the K/V that
+        # read_layers returns
+        self.kv_dtype = stored
+        self.kv8 = stored == torch.int8
+        self.dtype = torch.float16 if self.kv8 else stored
         self.itemsize = torch.empty((), dtype=self.dtype).element_size()
         self._files: dict[int, _StreamFiles] = {}
         self._readers: dict[tuple[int, int], int] = {}
+        # (stream_id, block_id) -> (pts_end, wall_end): spans extended since the last write,
+        # written in one transaction at the next append, delete or flush (a still scene extends
+        # the last block once per gated frame; a commit per frame would cost more than the gate)
+        self._spans: dict[tuple[int, int], tuple[float, float]] = {}
         self._closed = False
 
     # ------------------------------------------------------------------------------- metadata
@@ -278,7 +293,26 @@ class BlockStore:
         return [r[0] for r in self.db.execute("SELECT name FROM streams ORDER BY id").fetchall()]
 
     def layer_bytes(self, tokens: int) -> int:
+        if self.kv8:
+            return kv8.layer_nbytes(self.kv_heads, tokens, self.head_dim)
         return 2 * self.kv_heads * tokens * self.head_dim * self.itemsize
+
+    def as_stored(
+        self, keys: torch.Tensor, values: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``keys``/``values`` ``(layers, kv_heads, tokens, head_dim)`` as reading them back
+        will give them (the codec's round trip with ``int8``; a cast otherwise), so that what
+        the RAM tier keeps is what the disk tier returns."""
+        if not self.kv8:
+            return keys.to("cpu", self.dtype), values.to("cpu", self.dtype)
+        out_k, out_v = (
+            torch.empty_like(keys, dtype=self.dtype),
+            torch.empty_like(values, dtype=self.dtype),
+        )
+        for layer in range(int(keys.shape[0])):
+            out_k[layer] = kv8.roundtrip(keys[layer].float()).to(self.dtype)
+            out_v[layer] = kv8.roundtrip(values[layer].float()).to(self.dtype)
+        return out_k, out_v
 
     # ------------------------------------------------------------------------------- opening
 
@@ -480,17 +514,27 @@ class BlockStore:
 
         Returns its index record; the block's bytes are durable before its row commits.
         """
+        self.write_spans()
         files = self._files[stream_id]
         tokens = int(keys.shape[2])
-        kv = torch.stack([keys, values], dim=1).to("cpu", self.dtype).contiguous()
-        raw = kv.view(torch.uint8).numpy().tobytes() if tokens else b""
+        if self.kv8:
+            raw = (
+                b"".join(
+                    kv8.pack_layer(keys[i].float(), values[i].float()) for i in range(self.layers)
+                )
+                if tokens
+                else b""
+            )
+        else:
+            kv = torch.stack([keys, values], dim=1).to("cpu", self.dtype).contiguous()
+            raw = kv.view(torch.uint8).numpy().tobytes() if tokens else b""
         per_layer = self.layer_bytes(tokens)
         view = memoryview(raw)
         crcs = [zlib.crc32(view[i * per_layer : (i + 1) * per_layer]) for i in range(self.layers)]
         header = _HEADER.pack(
             _MAGIC,
             FORMAT_VERSION,
-            _DTYPE_CODES[self.dtype],
+            _DTYPE_CODES[self.kv_dtype],
             block_id,
             tokens,
             self.layers,
@@ -627,6 +671,11 @@ class BlockStore:
                     "truncated or corrupt",
                     meta,
                 )
+            if self.kv8:
+                out[index] = kv8.unpack_layer(
+                    data, self.kv_heads, meta.tokens, self.head_dim, dtype=self.dtype
+                )
+                continue
             kv = torch.frombuffer(bytearray(data), dtype=torch.uint8).view(self.dtype).view(shape)
             out[index] = (kv[0], kv[1])
         return out
@@ -677,12 +726,41 @@ class BlockStore:
                 return files.stream_id
         raise KeyError(name)
 
+    # ---------------------------------------------------------------------------------- spans
+
+    def extend_span(self, stream_id: int, block_id: int, pts_end: float, wall_end: float) -> None:
+        """Record that block ``block_id`` now covers up to ``pts_end``/``wall_end`` (a still
+        scene after it); written to the index by :meth:`write_spans` (next append, delete or
+        flush), so a crash loses at most the extensions since the last write."""
+        self._spans[(stream_id, block_id)] = (float(pts_end), float(wall_end))
+
+    def write_spans(self) -> None:
+        """Write the pending span extensions in one transaction."""
+        if not self._spans:
+            return
+        pending, self._spans = self._spans, {}
+        try:
+            with self._transaction() as db:
+                db.executemany(
+                    "UPDATE blocks SET pts_end = ?, wall_end = ? "
+                    "WHERE stream_id = ? AND block_id = ?",
+                    [(p, w, sid, bid) for (sid, bid), (p, w) in pending.items()],
+                )
+        except sqlite3.Error as exc:
+            for key, value in pending.items():
+                self._spans.setdefault(key, value)
+            raise StoreError(
+                f"cannot update block time spans in {self.root} ({exc}); free disk space or "
+                "point memory.store_dir elsewhere"
+            ) from exc
+
     # ------------------------------------------------------------------------------- evicting
 
     def delete(self, stream_id: int, metas: Sequence[BlockMeta]) -> None:
         """Remove blocks from the index, then delete segment files no block uses any more."""
         if not metas:
             return
+        self.write_spans()
         files = self._files[stream_id]
         with self._transaction() as db:
             db.executemany(
@@ -721,6 +799,7 @@ class BlockStore:
 
     def flush(self) -> None:
         """Push everything written so far to the device (appends already are, with fsync)."""
+        self.write_spans()
         for files in self._files.values():
             if files.handle is not None:
                 files.handle.flush()
@@ -730,6 +809,10 @@ class BlockStore:
     def close(self) -> None:
         if self._closed:
             return
+        try:
+            self.write_spans()
+        except StoreError:
+            log.exception("memory store: block time spans could not be written at close")
         self._closed = True
         for files in self._files.values():
             if files.handle is not None:

@@ -269,8 +269,10 @@ class Tiers:
         """Write an encoded block to disk and RAM (and ``frame``, its evidence JPEG, to the
         frame store), then evict."""
         dtype = self.store.dtype
-        keys = encoded.keys.to("cpu", dtype)
-        values = encoded.values.to("cpu", dtype)
+        # what reading the block back gives (the 8-bit codec's round trip, or a cast): the RAM
+        # tier must hold the same values as the disk tier
+        raw_keys, raw_values = encoded.keys.to("cpu"), encoded.values.to("cpu")
+        keys, values = self.store.as_stored(raw_keys, raw_values)
         rep = encoded.rep_keys.to(dtype)
         sketch = encoded.sketch.to(dtype)
         meta = self.store.append(
@@ -280,8 +282,8 @@ class Tiers:
             layout=encoded.layout,
             rep_keys=rep,
             sketch=sketch,
-            keys=keys,
-            values=values,
+            keys=raw_keys,
+            values=raw_values,
         )
         state.next_block_id += 1
         state.blocks.append(meta)

@@ -7,6 +7,7 @@ frames (each stamped with its source session by ingest) to the engine and the ca
 """
 
 from stream_agent.models.loading import ModelLoader
+from stream_agent.pipeline.alerts import CheckTimeout, EngineAlerts
 from stream_agent.pipeline.errors import ModelUnavailableError, NothingSeenError, PipelineError
 from stream_agent.pipeline.feed import CameraFeed
 from stream_agent.pipeline.stages import ChainSettings, ChainStats, VisionChain
@@ -16,6 +17,8 @@ __all__ = [
     "CameraFeed",
     "ChainSettings",
     "ChainStats",
+    "CheckTimeout",
+    "EngineAlerts",
     "ModelLoader",
     "ModelUnavailableError",
     "ModelWorker",

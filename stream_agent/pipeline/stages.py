@@ -3,36 +3,27 @@
 Everything the pipeline needs of them goes through the small functions and classes here: the
 daemon config's sections mapped onto each stage's own settings, one camera's vision chain
 (preprocess -> patch embedding -> STC-Cacher -> the family's head -> pruner -> memory chunks), and
-the memory's answers mapped onto the engine's records. Their APIs are young; when one changes,
-this module is what changes with it.
+the memory's answers (already the shared records of :mod:`stream_agent.answers`). Their APIs
+are young; when one changes, this module is what changes with it.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 
 import torch
 
 import cacher
 import pruner
-from stream_agent.config import CacherConfig, PrunerConfig
-from stream_agent.engine.records import (
-    AnswerDone,
-    AnswerEvent,
-    FrameLike,
-    Moment,
-    TextDelta,
-)
+from cacher import GateConfig
+from stream_agent.answers import AnswerEvent
+from stream_agent.config import CacherConfig, GateSection, PrunerConfig
+from stream_agent.engine.records import FrameLike
 from stream_agent.errors import ConfigError
 from stream_agent.memory import (
-    AnswerDelta,
-    AnswerFinal,
-    Evidence,
     FrameStamp,
     Memory,
     MemoryOptions,
@@ -73,7 +64,13 @@ def cacher_settings(section: CacherConfig, model: VideoLLM) -> cacher.CacherConf
         update_token_ratio=section.update_token_ratio,
         group_size=4 if grouped else 1,
         group_layout="window" if grouped else "consecutive",
+        yield_every=section.yield_every,
     )
+
+
+def gate_settings(section: GateSection) -> cacher.GateConfig:
+    """The daemon's ``cacher.gate`` section as the change gate's config."""
+    return cacher.gate_config_from_mapping(section.model_dump())
 
 
 def pruner_settings(section: PrunerConfig) -> pruner.PrunerConfig:
@@ -93,6 +90,7 @@ class ChainSettings:
 
     cacher: cacher.CacherConfig
     pruner: pruner.PrunerConfig
+    gate: GateConfig = field(default_factory=lambda: GateConfig(enabled=False))
 
 
 def chain_settings(
@@ -101,7 +99,9 @@ def chain_settings(
     """Both stages' settings; a combination they reject is a :class:`ConfigError`."""
     try:
         return ChainSettings(
-            cacher_settings(cacher_section, model), pruner_settings(pruner_section)
+            cacher_settings(cacher_section, model),
+            pruner_settings(pruner_section),
+            gate_settings(cacher_section.gate),
         )
     except (cacher.CacherError, pruner.PrunerError) as exc:
         raise ConfigError(f"the cacher/pruner settings do not work together: {exc}") from exc
@@ -141,6 +141,27 @@ class Block:
     """The step's representative (middle) frame as a small JPEG: the block's evidence."""
 
 
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """Nothing new up to ``end`` (the change gate held the frames back, or the cacher reused the
+    last block's frame whole): the memory extends the camera's newest block's time span."""
+
+    end: FrameStamp
+
+
+Step = Block | Extension
+YieldPoint = Callable[[], None]
+
+
+@dataclass(frozen=True, slots=True)
+class GateStats:
+    """One camera's gate decisions so far: frames passed and gated, decisions by reason."""
+
+    passed: int = 0
+    gated: int = 0
+    by_reason: tuple[tuple[str, int], ...] = ()
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class _Held:
     """A step the pruner has not decided on yet (a windowed method holds a few back)."""
@@ -158,20 +179,32 @@ class ChainStats:
     cacher_reuse_share: float | None
     pruner_kept_share: float | None
     resets: int
+    gate: GateStats = GateStats()
+    reused_extensions: int = 0
+
+
+FrameNote = Callable[[str, float, float | None], None]
+"""(camera, frame wall time, the cacher's changed-token share of its step or None): called on
+the engine thread for every encoded frame (the alerts' motion gate listens)."""
 
 
 class VisionChain:
     """One camera's frames -> memory blocks: preprocess, patch embedding, STC-Cacher, the
     family's head, the pruner. Frames are grouped into the model's steps (two frames per step
-    for Qwen2-VL; a lone frame waits for its partner). Not thread-safe (the engine thread)."""
+    for Qwen2-VL; a lone frame waits for its partner). Before all of it the change gate
+    (``settings.gate``) compares each frame with the camera's last encoded one: a step none of
+    whose frames changed is an :class:`Extension` of the newest block (no encode, no prefill).
+    Not thread-safe (the engine thread)."""
 
     def __init__(
         self,
         camera: str,
         model: VideoLLM,
         settings: ChainSettings,
+        on_frame: FrameNote | None = None,
     ) -> None:
         self.camera = camera
+        self._on_frame = on_frame
         self._model = model
         spec = model.vision_spec
         self._frames_per_step = max(1, spec.frames_per_step)
@@ -181,6 +214,10 @@ class VisionChain:
             model.vision_layers, settings.cacher, keep=spec.feature_layers, stream_id=camera
         )
         self._pruner = pruner.make_pruner(settings.pruner)
+        self._gate = cacher.ChangeGate(settings.gate)
+        self._gate_refused = False  # a frame the gate cannot compare (logged once) passes
+        self._last_from_reference = False  # the newest step's tokens are the reference's
+        self._reused_extensions = 0
         self._waiting: list[FrameLike] = []
         self._held: dict[int, _Held] = {}
         self._resets = 0
@@ -189,17 +226,51 @@ class VisionChain:
     # --- frames in, blocks out -------------------------------------------------------------
 
     @torch.no_grad()
-    def add(self, frames: Sequence[FrameLike]) -> list[Block]:
-        """Encode ``frames`` (oldest first); return the blocks ready for the memory."""
-        blocks: list[Block] = []
+    def add(
+        self, frames: Sequence[FrameLike], *, yield_point: YieldPoint | None = None
+    ) -> list[Step]:
+        """Encode ``frames`` (oldest first); return the blocks (and extensions of the newest
+        block) ready for the memory, in order. ``yield_point`` is called between vision layer
+        groups of each encode (the engine answers waiting questions there)."""
+        out: list[Step] = []
         for frame in frames:
             self._waiting.append(frame)
             if len(self._waiting) == self._frames_per_step:
                 step, self._waiting = self._waiting, []
-                blocks.extend(self._step(step))
-        return blocks
+                # every frame of the step is shown to the gate (its counters and reference)
+                passed = [self._passes(f) for f in step]
+                if any(passed):
+                    out.extend(self._step(step, yield_point))
+                else:
+                    out.extend(self._extend(step[-1]))
+        return out
 
-    def _step(self, frames: list[FrameLike]) -> list[Block]:
+    def _passes(self, frame: FrameLike) -> bool:
+        try:
+            return self._gate.check(self.camera, frame.image, frame.pts).passed
+        except cacher.FrameError as exc:
+            if not self._gate_refused:
+                self._gate_refused = True
+                log.info(
+                    "camera %s: the change gate passes frames it cannot compare: %s",
+                    self.camera,
+                    exc,
+                )
+            return True
+
+    def _extend(self, frame: FrameLike) -> list[Step]:
+        """Nothing new up to ``frame``: extend the newest step (held by the pruner, or the
+        memory's newest block)."""
+        end = FrameStamp(seq=frame.seq, pts=frame.pts, wall=frame.wall_time)
+        if self._held:
+            newest = max(self._held)
+            held = self._held[newest]
+            stamp = replace(held.stamp, pts_end=end.pts, wall_end=end.wall)
+            self._held[newest] = _Held(held.tokens, stamp, held.seconds_per_step)
+            return []
+        return [Extension(end)]
+
+    def _step(self, frames: list[FrameLike], yield_point: YieldPoint | None) -> list[Step]:
         model = self._model
         pixels = model.preprocess([f.image for f in frames])
         embeds = model.embed_patches(pixels)[:1]  # one step: (1, N, D)
@@ -208,10 +279,28 @@ class VisionChain:
         if self._window_groups:
             grid = (pixels.shape[-2] // self._patch_size, pixels.shape[-1] // self._patch_size)
         encoded = self._cacher.encode(
-            embeds, rotary=rotary, mask=model.vision_layer_masks(pixels), grid=grid
+            embeds,
+            rotary=rotary,
+            mask=model.vision_layer_masks(pixels),
+            grid=grid,
+            yield_point=yield_point,
         )
+        kind = encoded.stats.kind
+        if kind == "reused" and self._last_from_reference:
+            # the cacher reused its reference whole, and the newest step already holds the
+            # reference's tokens: the same tokens again would be the same block stored twice
+            self._reused_extensions += 1
+            return self._extend(frames[-1])
+        self._last_from_reference = kind in ("reference", "reused")
         tokens = model.tokens_from_hidden(cacher.stack_hidden([encoded]))[0]
         first, last = frames[0], frames[-1]
+        if self._on_frame is not None:
+            share = encoded.stats.recomputed_share
+            for frame in frames:
+                try:
+                    self._on_frame(self.camera, frame.wall_time, share)
+                except Exception:  # a listener must never stop the encoding
+                    log.exception("the frame listener of camera %s failed", self.camera)
         stamp = FrameStamp(
             seq=first.seq,
             pts=first.pts,
@@ -237,8 +326,8 @@ class VisionChain:
             raise
         return self._blocks(selections)
 
-    def _blocks(self, selections: Sequence[pruner.Selection]) -> list[Block]:
-        blocks = []
+    def _blocks(self, selections: Sequence[pruner.Selection]) -> list[Step]:
+        blocks: list[Step] = []
         for selection in selections:
             held = self._held.pop(selection.frame_index)
             merged = selection.tokens if selection.merged is not None else None
@@ -254,15 +343,17 @@ class VisionChain:
             )
         return blocks
 
-    def drain(self) -> list[Block]:
+    def drain(self) -> list[Step]:
         """The blocks of frames the pruner still holds back (its stream state is kept)."""
         return self._blocks(self._pruner.flush())
 
-    def reset(self) -> list[Block]:
-        """The source reconnected: drain, then forget the cacher's reference, the pruner's
-        history and a frame waiting for its step partner. Returns the drained blocks."""
+    def reset(self) -> list[Step]:
+        """The source reconnected: drain, then forget the cacher's reference, the gate's, the
+        pruner's history and a frame waiting for its step partner. Returns the drained blocks."""
         blocks = self.drain()
         self._cacher.reset()
+        self._gate.reset(self.camera)
+        self._last_from_reference = False
         self._pruner.reset()
         self._held.clear()
         self._waiting.clear()
@@ -277,12 +368,26 @@ class VisionChain:
         reuse = 1.0 - counters.recomputed_share if counters.token_layers else None
         pruned = self._pruner.stats()
         kept = pruned.tokens_out / pruned.tokens_in if pruned.tokens_in else None
-        return ChainStats(cacher_reuse_share=reuse, pruner_kept_share=kept, resets=self._resets)
+        gated = self._gate.counters
+        gate = GateStats(
+            passed=gated.passed, gated=gated.gated, by_reason=tuple(sorted(gated.by_reason.items()))
+        )
+        return ChainStats(
+            cacher_reuse_share=reuse,
+            pruner_kept_share=kept,
+            resets=self._resets,
+            gate=gate,
+            reused_extensions=self._reused_extensions,
+        )
 
 
-def append_blocks(memory: Memory, camera: str, blocks: Sequence[Block]) -> None:
-    """Encode ``blocks`` into ``camera``'s stream of the memory, in order."""
+def append_blocks(memory: Memory, camera: str, blocks: Sequence[Step]) -> None:
+    """Encode ``blocks`` into ``camera``'s stream of the memory, in order; an
+    :class:`Extension` extends the stream's newest block instead (no prefill)."""
     for block in blocks:
+        if isinstance(block, Extension):
+            memory.extend_last(camera, block.end)
+            continue
         memory.append_step(
             camera,
             block.tokens,
@@ -317,57 +422,14 @@ def answer_events(
     options: DecodeOptions,
     cancel: threading.Event,
 ) -> Iterator[AnswerEvent]:
-    """The memory's answer as engine events: ``TextDelta``s, then one ``AnswerDone`` with the
-    evidence best first. A cancelled answer just ends (the engine reports the cancel)."""
+    """The memory's answer to ``text`` over ``camera`` (None: all) within ``since``/``until``
+    (Unix seconds, None: open): ``AnswerDelta``s, then one ``AnswerFinal`` with the evidence
+    best first (``cancelled`` when ``cancel`` stopped it)."""
     time_range = None if since is None and until is None else TimeRange(since, until)
-    events = memory.answer(
+    return memory.answer(
         text,
         stream=camera,
         time_range=time_range,
         options=options,
         cancel=cancel,
-    )
-    try:
-        for event in events:
-            if isinstance(event, AnswerDelta):
-                if event.text:
-                    yield TextDelta(event.text)
-            elif isinstance(event, AnswerFinal):
-                if event.finish_reason == "cancelled":
-                    return
-                reason: Literal["stop", "length"] = (
-                    "stop" if event.finish_reason == "stop" else "length"
-                )
-                yield AnswerDone(
-                    evidence=moments(event.evidence),
-                    tokens=len(event.token_ids),
-                    finish_reason=reason,
-                    notes=event.notes,
-                )
-                return
-    finally:
-        close = getattr(events, "close", None)
-        if callable(close):
-            close()
-
-
-def moments(evidence: Sequence[Evidence]) -> tuple[Moment, ...]:
-    """The memory's evidence as engine moments, best first: by the share of layers that used
-    the block, then by retrieval relevance, then newest first."""
-
-    def rank(e: Evidence) -> tuple[float, float, float]:
-        relevance = e.relevance if e.relevance is not None and math.isfinite(e.relevance) else 0.0
-        return (e.score, relevance, e.wall_end)
-
-    ordered = sorted(evidence, key=rank, reverse=True)
-    return tuple(
-        Moment(
-            camera=e.stream,
-            start_pts=e.pts_start,
-            end_pts=e.pts_end,
-            start_wall=e.wall_start,
-            end_wall=e.wall_end,
-            score=float(e.score),
-        )
-        for e in ordered
     )

@@ -17,26 +17,34 @@ a picture from before the break.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 from stream_agent.config import DaemonConfig
+from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore, describe_prompt
 from stream_agent.engine.records import (
+    AnswerDelta,
     AnswerEvent,
     CameraMemory,
     FrameBatch,
+    FrameLike,
+    Moment,
     Question,
     WorkerStatus,
 )
-from stream_agent.memory import Memory, MemoryOptions
+from stream_agent.memory import CheckCondition, Memory, MemoryOptions
 from stream_agent.memory.frames import FrameStore
 from stream_agent.models.base import VideoLLM
 from stream_agent.models.loading import ModelLoader
+from stream_agent.models.quantize import quantize_model
 from stream_agent.models.records import DecodeOptions
 from stream_agent.pipeline.errors import NothingSeenError
 from stream_agent.pipeline.stages import (
     ChainSettings,
+    FrameNote,
     VisionChain,
     answer_events,
     append_blocks,
@@ -55,6 +63,8 @@ class _Camera:
     def __init__(self, chain: VisionChain) -> None:
         self.chain = chain
         self.session: int | None = None
+        self.vision_s = 0.0  # engine-thread seconds in the vision chain (answers excluded)
+        self.prefill_s = 0.0  # ... in the memory (prefill of the blocks, span extensions)
 
 
 class ModelWorker:
@@ -75,9 +85,12 @@ class ModelWorker:
         load: ModelLoader,
         model_name: str,
         decode: DecodeOptions | None = None,
+        on_frame: FrameNote | None = None,
         frames: FrameStore | None = None,
     ) -> None:
+        """``on_frame`` hears of every encoded frame with the cacher's changed-token share."""
         self._config = config
+        self._on_frame = on_frame
         self._frames = frames
         self._load = load
         self.model_name = model_name
@@ -87,12 +100,43 @@ class ModelWorker:
         self._cameras: dict[str, _Camera] = {}
         self._decode = decode or DecodeOptions(max_new_tokens=config.model.max_new_tokens)
         self._settings: ChainSettings | None = None
+        self._yield_point: Callable[[], None] | None = None
+        self._serve: Callable[[], None] | None = None
+        self._served_s = 0.0
+
+    def attach_yield_point(self, serve: Callable[[], None] | None) -> None:
+        """The engine's hook for questions that arrive during a frame's encode: called between
+        vision layer groups (``cacher.yield_every`` layers); it answers waiting questions on the
+        engine thread and never encodes frames."""
+        self._serve = serve
+        self._yield_point = None if serve is None else self._served
+
+    def _served(self) -> None:
+        assert self._serve is not None
+        began = time.perf_counter()
+        try:
+            self._serve()
+        finally:
+            self._served_s += time.perf_counter() - began
+
+    def _add(self, camera: _Camera, name: str, frames: tuple[FrameLike, ...]) -> None:
+        """``frames`` through the camera's chain, then into the memory, timing both."""
+        memory = self._require_memory()
+        began, served = time.perf_counter(), self._served_s
+        added = camera.chain.add(frames, yield_point=self._yield_point)
+        chained = time.perf_counter()
+        camera.vision_s += chained - began - (self._served_s - served)
+        append_blocks(memory, name, added)
+        camera.prefill_s += time.perf_counter() - chained
 
     # --- lifecycle -------------------------------------------------------------------------
 
     def open(self) -> None:
         try:
             model = self._load()
+            if self._config.model.quantize == "int8":
+                # before the cachers are built: they run the (now int8) vision layer records
+                quantize_model(model, self._config.model.quantize_parts)
             settings = chain_settings(self._config.cacher, self._config.pruner, model)
             options = MemoryOptions.from_config(self._config.memory)
             self._memory = open_memory(model, options, self._frames)
@@ -140,7 +184,7 @@ class ModelWorker:
         for i, frame in enumerate(frames):
             session = frame.session
             if camera.session is not None and session != camera.session:
-                append_blocks(memory, batch.camera, camera.chain.add(frames[start:i]))
+                self._add(camera, batch.camera, frames[start:i])
                 start = i
                 log.info(
                     "worker: camera %s reconnected (session %d); its cacher and pruner start over",
@@ -149,7 +193,7 @@ class ModelWorker:
                 )
                 append_blocks(memory, batch.camera, camera.chain.reset())
             camera.session = session
-        append_blocks(memory, batch.camera, camera.chain.add(frames[start:]))
+        self._add(camera, batch.camera, frames[start:])
 
     def answer(self, question: Question, cancel: threading.Event) -> Iterator[AnswerEvent]:
         memory = self._require_memory()
@@ -177,6 +221,54 @@ class ModelWorker:
             cancel=cancel,
         )
 
+    def check(self, camera: str, conditions: Sequence[RuleCondition]) -> tuple[RuleScore, ...]:
+        """Score the conditions over ``camera``'s recent blocks in one batched forward
+        (:meth:`Memory.check`). It looks at the blocks already encoded: unlike a question it
+        does not flush what a windowed pruner holds back (checks come every few seconds and
+        would cut every pruning window short)."""
+        memory = self._require_memory()
+        self._require_stream(memory, camera)
+        results = memory.check(camera, [CheckCondition(c.text, c.since) for c in conditions])
+        return tuple(
+            RuleScore(
+                score=r.score,
+                moments=tuple(
+                    Moment(camera, m.pts_start, m.pts_end, m.wall_start, m.wall_end, 1.0, seq=m.seq)
+                    for m in r.blocks
+                ),
+            )
+            for r in results
+        )
+
+    def describe(self, request: DescribeRequest) -> str:
+        """The answer path with :func:`describe_prompt`, within the request's time range, at
+        most ``request.max_new_tokens`` tokens (greedy, as questions)."""
+        memory = self._require_memory()
+        self._require_stream(memory, request.camera)
+        options = dataclasses.replace(self._decode, max_new_tokens=request.max_new_tokens)
+        text = [
+            event.text
+            for event in answer_events(
+                memory,
+                describe_prompt(request.condition),
+                camera=request.camera,
+                since=request.since,
+                until=request.until,
+                options=options,
+                cancel=threading.Event(),
+            )
+            if isinstance(event, AnswerDelta)
+        ]
+        return "".join(text).strip()
+
+    @staticmethod
+    def _require_stream(memory: Memory, camera: str) -> None:
+        if camera not in memory_streams(memory):
+            raise NothingSeenError(
+                f"camera {camera!r} has not delivered any frame to the memory yet; "
+                "check again once it is online"
+            )
+
     def status(self) -> WorkerStatus:
         memory = self._memory
         if memory is None:
@@ -197,6 +289,10 @@ class ModelWorker:
                     last_wall=stream.last_wall,
                     cacher_reuse_share=None if stats is None else stats.cacher_reuse_share,
                     pruner_kept_share=None if stats is None else stats.pruner_kept_share,
+                    gate_reasons=() if stats is None else stats.gate.by_reason,
+                    reused_extensions=0 if stats is None else stats.reused_extensions,
+                    vision_s=0.0 if camera is None else camera.vision_s,
+                    prefill_s=0.0 if camera is None else camera.prefill_s,
                 )
             )
         return WorkerStatus(ready=True, model=self.model_name, cameras=tuple(cameras))
@@ -212,6 +308,6 @@ class ModelWorker:
         camera = self._cameras.get(name)
         if camera is None:
             assert self._model is not None and self._settings is not None
-            camera = _Camera(VisionChain(name, self._model, self._settings))
+            camera = _Camera(VisionChain(name, self._model, self._settings, self._on_frame))
             self._cameras[name] = camera
         return camera

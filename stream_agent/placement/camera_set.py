@@ -15,23 +15,23 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
+from stream_agent.answers import AnswerDelta, AnswerFinal, AnswerTimings
 from stream_agent.config import DaemonConfig
+from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore
 from stream_agent.engine.records import (
-    AnswerDone,
     AnswerEvent,
     FrameBatch,
     Question,
-    TextDelta,
     WorkerStatus,
 )
 from stream_agent.memory.frames import FrameStore
 from stream_agent.models.base import VideoLLM
 from stream_agent.pipeline.errors import NothingSeenError
 from stream_agent.pipeline.worker import ModelWorker
-from stream_agent.placement.merge import Candidate, from_done, pick
+from stream_agent.placement.merge import Candidate, from_final, pick
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,9 @@ class CameraSetWorker:
                 events = list(worker.answer(question, cancel))
             except NothingSeenError:
                 continue
-            text = "".join(e.text for e in events if isinstance(e, TextDelta))
-            done = next((e for e in events if isinstance(e, AnswerDone)), AnswerDone())
-            candidates.append(from_done(camera, text, done))
+            final = next((e for e in events if isinstance(e, AnswerFinal)), None)
+            if final is not None:
+                candidates.append(from_final(camera, final))
         if not candidates:
             if cancel.is_set():
                 return
@@ -147,8 +147,30 @@ class CameraSetWorker:
             )
         best = pick(candidates)
         if best.text:
-            yield TextDelta(best.text)
-        yield AnswerDone(evidence=best.evidence, tokens=best.tokens, notes=best.notes)
+            yield AnswerDelta(best.text)
+        yield AnswerFinal(
+            text=best.text,
+            evidence=best.evidence,
+            tokens=best.tokens,
+            finish_reason="cancelled" if cancel.is_set() else "stop",
+            timings=AnswerTimings(ttft_s=None, tokens_per_s=None, total_s=0.0),
+            notes=best.notes,
+        )
+
+    def _owned(self, camera: str) -> ModelWorker:
+        self._open_adopted()
+        worker = self._workers.get(camera)
+        if worker is None:
+            raise NothingSeenError(f"camera {camera!r} is not owned by this engine")
+        return worker
+
+    def check(self, camera: str, conditions: Sequence[RuleCondition]) -> tuple[RuleScore, ...]:
+        """A rule check of ``camera`` by the memory that owns it."""
+        return self._owned(camera).check(camera, conditions)
+
+    def describe(self, request: DescribeRequest) -> str:
+        """An event's one-sentence description by the memory that owns its camera."""
+        return self._owned(request.camera).describe(request)
 
     def status(self) -> WorkerStatus:
         if self._model is None:

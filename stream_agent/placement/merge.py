@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from stream_agent.engine.records import AnswerDone, Final, Moment
+from stream_agent.answers import AnswerFinal, Moment
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,9 +55,5 @@ def pick(candidates: Sequence[Candidate], *, max_evidence: int = 64) -> Candidat
     return Candidate(lead.source, lead.text, tuple(moments[:max_evidence]), lead.tokens, notes)
 
 
-def from_done(source: str, text: str, done: AnswerDone) -> Candidate:
-    return Candidate(source, text, done.evidence, done.tokens, done.notes)
-
-
-def from_final(source: str, final: Final) -> Candidate:
+def from_final(source: str, final: AnswerFinal) -> Candidate:
     return Candidate(source, final.text, final.evidence, final.tokens, final.notes)

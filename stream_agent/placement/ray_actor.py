@@ -18,6 +18,7 @@ import ray
 
 from stream_agent.config import DaemonConfig
 from stream_agent.engine import AnswerStream, Engine, EngineStatus, FrameLike, Question
+from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore
 from stream_agent.engine.records import StreamEvent
 from stream_agent.models.loading import model_loader
 from stream_agent.placement.camera_set import CameraSetWorker
@@ -76,6 +77,16 @@ class EngineActor:
             return False
         stream.cancel()
         return True
+
+    async def check_rules(
+        self, camera: str, conditions: tuple[RuleCondition, ...]
+    ) -> tuple[RuleScore, ...]:
+        """A rule check of an owned camera (queued behind questions, ahead of frames)."""
+        return await asyncio.wrap_future(self._engine.check_rules(camera, conditions))
+
+    async def describe(self, request: DescribeRequest) -> str:
+        """An event's one-sentence description over an owned camera's memory."""
+        return await asyncio.wrap_future(self._engine.describe(request))
 
     async def flush(self) -> None:
         await asyncio.wrap_future(self._engine.flush())

@@ -28,25 +28,25 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayError
 
+from stream_agent.answers import AnswerDelta, AnswerFailed, AnswerFinal, AnswerTimings
 from stream_agent.config import DaemonConfig
 from stream_agent.engine import (
     AnswerStream,
-    Delta,
     EngineBusy,
     EngineStatus,
     EngineStopped,
-    Failed,
-    Final,
     FrameLike,
     Question,
     ShutdownMode,
     WorkerStatus,
 )
+from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore
 from stream_agent.engine.records import StreamEvent
 from stream_agent.metrics import DaemonMetrics
 from stream_agent.placement.base import CameraPlacement
@@ -342,29 +342,32 @@ class RayEngineGroup:
         first: float | None = None
         try:
             async for event in self._events(engine, question):
-                if isinstance(event, Delta) and first is None:
+                if isinstance(event, AnswerDelta) and first is None:
                     first = time.monotonic()
                 stream.push(self._timed(event, question, first))
         except RayActorError:
             stream.push(
-                Failed(
+                AnswerFailed(
                     "internal",
                     f"the engine owning camera {question.camera} died while answering; ask again",
                 )
             )
         except Exception as exc:
-            stream.push(Failed("internal", f"the answer failed: {type(exc).__name__}: {exc}"))
+            stream.push(AnswerFailed("internal", f"the answer failed: {type(exc).__name__}: {exc}"))
         finally:
             watcher.cancel()
 
     @staticmethod
     def _timed(event: StreamEvent, question: Question, first: float | None) -> StreamEvent:
-        """The engine's Final with the front's clock (the actor's clock is another machine's)."""
-        if not isinstance(event, Final):
+        """The engine's final with the front's clock (the actor's clock is another machine's)."""
+        if not isinstance(event, AnswerFinal):
             return event
         now = time.monotonic()
         ttft = None if first is None else max(0.0, first - question.received_at)
-        return dataclasses.replace(event, ttft_s=ttft, total_s=max(0.0, now - question.received_at))
+        timings = dataclasses.replace(
+            event.timings, ttft_s=ttft, total_s=max(0.0, now - question.received_at)
+        )
+        return dataclasses.replace(event, timings=timings)
 
     async def _pump_all(
         self, engines: list[_Engine], question: Question, stream: AnswerStream
@@ -384,39 +387,64 @@ class RayEngineGroup:
             cancelled = False
             tokens = 0
             for engine, result in zip(engines, results, strict=True):
-                if isinstance(result, Final):
+                if isinstance(result, AnswerFinal):
                     tokens += result.tokens
                     cancelled = cancelled or result.finish_reason == "cancelled"
                     if result.evidence or result.text:
                         candidates.append(from_final(engine.id, result))
-                elif isinstance(result, Failed):
+                elif isinstance(result, AnswerFailed):
                     failures.append(result.message)
                 else:
                     failures.append(f"engine {engine.id}: {result}")
             if not candidates:
                 message = failures[0] if failures else "no engine had anything to answer from"
                 nothing = "not delivered" in message or "not owned" in message
-                stream.push(Failed("unknown_camera" if nothing else "internal", message))
+                stream.push(AnswerFailed("unknown_camera" if nothing else "internal", message))
                 return
             best = pick(candidates)
             first = time.monotonic()
             if best.text:
-                stream.push(Delta(best.text))
+                stream.push(AnswerDelta(best.text))
             end = time.monotonic()
             stream.push(
-                Final(
+                AnswerFinal(
                     text=best.text,
                     evidence=best.evidence,
                     tokens=best.tokens,
                     finish_reason="cancelled" if cancelled else "stop",
-                    ttft_s=max(0.0, first - question.received_at) if best.text else None,
-                    tokens_per_s=None,
-                    total_s=max(0.0, end - question.received_at),
+                    timings=AnswerTimings(
+                        ttft_s=max(0.0, first - question.received_at) if best.text else None,
+                        tokens_per_s=None,
+                        total_s=max(0.0, end - question.received_at),
+                    ),
                     notes=best.notes,
                 )
             )
         finally:
             watcher.cancel()
+
+    def check_rules(
+        self, camera: str, conditions: Sequence[RuleCondition]
+    ) -> concurrent.futures.Future[tuple[RuleScore, ...]]:
+        """A rule check of ``camera`` on the engine that owns it (see ``Engine.check_rules``)."""
+        engine = self._owner_of(camera) if self._accepting else None
+        if engine is None or not engine.alive:
+            failed: concurrent.futures.Future[tuple[RuleScore, ...]] = concurrent.futures.Future()
+            failed.set_exception(EngineStopped(f"no live engine owns camera {camera!r}"))
+            return failed
+        ref = engine.handle.check_rules.remote(camera, tuple(conditions))
+        future: concurrent.futures.Future[tuple[RuleScore, ...]] = ref.future()
+        return future
+
+    def describe(self, request: DescribeRequest) -> concurrent.futures.Future[str]:
+        """An event's description on the engine that owns its camera."""
+        engine = self._owner_of(request.camera) if self._accepting else None
+        if engine is None or not engine.alive:
+            failed: concurrent.futures.Future[str] = concurrent.futures.Future()
+            failed.set_exception(EngineStopped(f"no live engine owns camera {request.camera!r}"))
+            return failed
+        future: concurrent.futures.Future[str] = engine.handle.describe.remote(request).future()
+        return future
 
     def flush(self) -> concurrent.futures.Future[None]:
         done: concurrent.futures.Future[None] = concurrent.futures.Future()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 
+from stream_agent.alerts.service import AlertService
 from stream_agent.cameras import CameraBoard
 from stream_agent.config import ServerConfig
 from stream_agent.engine import Engine
@@ -57,6 +58,7 @@ class StreamAgentServer:
         token: str | None = None,
         model_name: str | None = None,
         web_root: Path | None = None,
+        alerts: AlertService | None = None,
         frames: FrameStore | None = None,
     ) -> None:
         self._ctx = ServerContext(
@@ -69,6 +71,7 @@ class StreamAgentServer:
             model_name=model_name,
             web_root=web_root,
             version=package_version(),
+            alerts=alerts,
         )
         self._routes = HttpRoutes(self._ctx)
         self._sessions: set[Session] = set()

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from stream_agent.alerts.service import AlertService
 from stream_agent.cameras import CameraBoard
 from stream_agent.config import ServerConfig
 from stream_agent.engine import Engine
@@ -44,6 +45,8 @@ class ServerContext:
     """The memory's evidence frames on disk (one per stored block; they survive restarts)."""
     version: str = "dev"
     state: ServerState = field(default_factory=ServerState)
+    alerts: AlertService | None = None
+    """The alert rules and events (None: this server serves none)."""
 
     def readiness(self) -> tuple[bool, str]:
         """(ready, reason): the model answers and at least one camera is online."""
@@ -59,6 +62,18 @@ class ServerContext:
         if online == 0:
             return False, f"no camera is online (0 of {len(views)})"
         return True, f"{online} of {len(views)} cameras online"
+
+    def alerts_status(self) -> dict[str, object] | None:
+        """The ``alerts`` field of ``status``: MQTT state, rule and open event counts."""
+        if self.alerts is None:
+            return None
+        state, reason = self.alerts.mqtt_state()
+        status = self.alerts.status()
+        return {
+            "mqtt": {"state": state, "reason": reason},
+            "rules": status["rules"],
+            "open_events": status["open_events"],
+        }
 
     def model(self) -> str | None:
         return self.engine.snapshot().worker.model or self.model_name

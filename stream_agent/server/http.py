@@ -8,6 +8,8 @@ Routes (GET and HEAD only):
 ``/metrics``                              token  Prometheus text format
 ``/cameras/NAME/snapshot.jpg``            token  the camera's newest frame (full size)
 ``/cameras/NAME/frame.jpg?at=UNIX_S``     token  the kept frame nearest that wall time (evidence)
+``/events?camera=&rule=&since=&limit=``   token  alert events (JSON), oldest first
+``/events/ID/snapshot.jpg``               token  an alert event's snapshot
 ``/ws``                                   (*)    the WebSocket endpoint (authenticates in-band)
 anything else                             open   a file of the web client's folder, or 404
 ========================================  =====  ==================================================
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import http
+import json
 import logging
 import math
 import re
@@ -30,6 +33,7 @@ from websockets.asyncio.server import ServerConnection
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
+from stream_agent.alerts.history import EventQuery, InvalidQuery
 from stream_agent.protocol import format_wall_time
 from stream_agent.server.auth import bearer_token, token_matches
 from stream_agent.server.context import ServerContext
@@ -39,6 +43,7 @@ log = logging.getLogger(__name__)
 
 WS_PATH = "/ws"
 _CAMERA_ROUTE = re.compile(r"^/cameras/([A-Za-z0-9][A-Za-z0-9_-]{0,62})/(snapshot|frame)\.jpg$")
+_EVENT_SNAPSHOT = re.compile(r"^/events/([A-Za-z0-9][A-Za-z0-9._-]{0,199})/snapshot\.jpg$")
 
 
 def response(
@@ -107,6 +112,10 @@ class HttpRoutes:
             return "healthz", response(http.HTTPStatus.OK, "ok\n")
         if path == "/readyz":
             ready, reason = self._ctx.readiness()
+            alerts = self._ctx.alerts
+            if alerts is not None:  # detail only: readiness never depends on the broker
+                state, why = alerts.mqtt_state()
+                reason += f"; mqtt {state}" + (f" ({why})" if why and state != "online" else "")
             if ready:
                 return "readyz", response(http.HTTPStatus.OK, f"ready: {reason}\n")
             return "readyz", response(http.HTTPStatus.SERVICE_UNAVAILABLE, f"not ready: {reason}\n")
@@ -127,6 +136,13 @@ class HttpRoutes:
             if what == "snapshot":
                 return "snapshot", await self._snapshot(name)
             return "frame", await self._evidence_frame(name, parse_qs(parts.query))
+        if path == "/events" or path.startswith("/events/"):
+            denied = self._check_token(request)
+            if denied is not None:
+                return "events", denied
+            if path == "/events":
+                return "events", await self._events(parts.query)
+            return "event_snapshot", await self._event_snapshot(path)
         if is_websocket_upgrade(request):
             return "ws", response(
                 http.HTTPStatus.NOT_FOUND, f"the WebSocket endpoint is {WS_PATH}\n"
@@ -224,6 +240,34 @@ class HttpRoutes:
             kind="image/jpeg",
             extra=_frame_headers(kept.pts, kept.wall_time),
         )
+
+    async def _events(self, query: str) -> Response:
+        alerts = self._ctx.alerts
+        if alerts is None:
+            return response(http.HTTPStatus.NOT_FOUND, "this server runs no alerts\n")
+        params = parse_qs(query, keep_blank_values=True)
+        repeated = sorted(k for k, v in params.items() if len(v) > 1)
+        if repeated:
+            return response(
+                http.HTTPStatus.BAD_REQUEST, f"parameter {repeated[0]!r} is given twice\n"
+            )
+        try:
+            q = EventQuery.parse({k: v[0] for k, v in params.items()})
+        except InvalidQuery as exc:
+            return response(http.HTTPStatus.BAD_REQUEST, f"{exc}\n")
+        stored = await asyncio.to_thread(alerts.history.query, q)
+        body = json.dumps({"events": [e.to_json() for e in stored]}, ensure_ascii=False)
+        return response(http.HTTPStatus.OK, body, kind="application/json")
+
+    async def _event_snapshot(self, path: str) -> Response:
+        alerts = self._ctx.alerts
+        match = _EVENT_SNAPSHOT.match(path)
+        if alerts is None or match is None:
+            return response(http.HTTPStatus.NOT_FOUND, "no such event\n")
+        jpeg = await asyncio.to_thread(alerts.snapshot, match.group(1))
+        if jpeg is None:
+            return response(http.HTTPStatus.NOT_FOUND, "no snapshot of that event\n")
+        return response(http.HTTPStatus.OK, jpeg, kind="image/jpeg")
 
     async def _static(self, path: str) -> Response:
         root = self._ctx.web_root

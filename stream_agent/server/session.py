@@ -10,26 +10,24 @@ and the connection lives on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
-from typing import Final
+from collections.abc import Callable
+from typing import Any, Final
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from stream_agent.alerts.state import Lifecycle
+from stream_agent.answers import AnswerDelta, AnswerFailed, AnswerFinal, Moment
 from stream_agent.engine import (
     AnswerStream,
-    Delta,
     EngineError,
-    Failed,
-    Moment,
     Question,
     question_received_now,
-)
-from stream_agent.engine import (
-    Final as FinalEvent,
 )
 from stream_agent.protocol import (
     PROTOCOL_VERSION,
@@ -42,13 +40,22 @@ from stream_agent.protocol import (
     ClientMessage,
     Error,
     ErrorCode,
+    EventPush,
+    EventsQuery,
+    EventsReply,
     Evidence,
     Hello,
     Invalid,
+    RuleCommand,
+    RuleResult,
     ServerMessage,
     StatusQuery,
     StatusReply,
+    Subscribe,
+    Subscribed,
     Timings,
+    Unsubscribe,
+    Unsubscribed,
     encode,
     format_wall_time,
     parse_client_message,
@@ -62,6 +69,10 @@ log = logging.getLogger(__name__)
 MAX_AUTH_FAILURES: Final = 5
 CLOSE_POLICY: Final = 1008
 CLOSE_TRY_AGAIN: Final = 1013
+EVENT_BEFORE_S: Final = 60.0
+"""``ask`` with ``event``: the range starts this long before the event's start ..."""
+EVENT_AFTER_S: Final = 10.0
+"""... and ends this long after its end (or now, while it is open)."""
 
 
 class _Closing(Exception):
@@ -85,6 +96,11 @@ class Session:
         self._pump_of: dict[str, asyncio.Task[None]] = {}
         self._peer = _peer(ws)
         self._close_task: asyncio.Task[None] | None = None
+        # alert event subscriptions: id -> unsubscribe; pushes wait in one bounded queue
+        self._subscriptions: dict[str, Callable[[], None]] = {}
+        self._events: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self._events_ready = asyncio.Event()
+        self._event_task: asyncio.Task[None] | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -119,6 +135,12 @@ class Session:
                 stream.cancel()
             for task in list(self._pumps):
                 task.cancel()
+            for unsubscribe in self._subscriptions.values():
+                unsubscribe()
+            self._subscriptions.clear()
+            if self._event_task is not None:
+                self._event_task.cancel()
+                self._pumps.add(self._event_task)
             writer.cancel()
             await asyncio.gather(writer, *self._pumps, return_exceptions=True)
 
@@ -291,8 +313,10 @@ class Session:
             await self._on_ask(message)
         elif isinstance(message, Cancel):
             await self._on_cancel(message)
-        else:
+        elif isinstance(message, StatusQuery):
             await self._on_status(message)
+        elif isinstance(message, RuleCommand | Subscribe | Unsubscribe | EventsQuery):
+            await self._on_alerts(message)
 
     async def _on_auth(self, message: Auth) -> None:
         if self._authenticated and self._ctx.token is None:
@@ -355,6 +379,14 @@ class Session:
         now = time.time()
         since = ask.since.resolve(now) if ask.since is not None else None
         until = ask.until.resolve(now) if ask.until is not None else None
+        if ask.event is not None:
+            found = await self._event_range(ask)
+            if found is None:
+                return
+            camera, event_since, event_until = found
+            ask = Ask(ask.id, ask.question, ask.camera or camera, ask.since, ask.until, ask.event)
+            since = event_since if since is None else since
+            until = event_until if until is None else until
         if since is not None and until is not None and since > until:
             await self._error(
                 "bad_request", "'since' lies after 'until'; the time range is empty", ask.id, "ask"
@@ -397,12 +429,12 @@ class Session:
         seq = 0
         try:
             async for event in stream:
-                if isinstance(event, Delta):
+                if isinstance(event, AnswerDelta):
                     await self._send(DeltaMessage(client_id, seq, event.text))
                     seq += 1
-                elif isinstance(event, FinalEvent):
+                elif isinstance(event, AnswerFinal):
                     await self._send(self._answer(client_id, event))
-                elif isinstance(event, Failed):
+                elif isinstance(event, AnswerFailed):
                     await self._error(event.code, event.message, client_id, "ask")
         except (_Closing, ConnectionClosed):
             pass
@@ -417,6 +449,118 @@ class Session:
                 self._in_flight.pop(client_id, None)
             if self._pump_of.get(client_id) is asyncio.current_task():
                 self._pump_of.pop(client_id, None)
+
+    async def _event_range(self, ask: Ask) -> tuple[str, float, float | None] | None:
+        """(camera, since, until) of the event ``ask.event`` names, or None after an error."""
+        alerts = self._ctx.alerts
+        stored = None
+        if alerts is not None and ask.event is not None:
+            stored = await asyncio.to_thread(alerts.history.get, ask.event)
+        if stored is None:
+            await self._error(
+                "unknown_event", f"there is no alert event with id {ask.event!r}", ask.id, "ask"
+            )
+            return None
+        record = stored.record
+        until = None if record.end_time is None else record.end_time + EVENT_AFTER_S
+        return record.camera, record.start_time - EVENT_BEFORE_S, until
+
+    # --- alerts ----------------------------------------------------------------------------------
+
+    async def _on_alerts(
+        self, message: RuleCommand | Subscribe | Unsubscribe | EventsQuery
+    ) -> None:
+        kind = _type_of(message)
+        alerts = self._ctx.alerts
+        if alerts is None:
+            await self._error("bad_request", "this server runs no alerts", message.id, kind)
+            return
+        if isinstance(message, RuleCommand):
+            command = {k: v for k, v in message.command.items() if k != "id"}
+            reply = alerts.commands.handle({**command, "id": message.id}, trusted=True)
+            await self._send(RuleResult(message.id, reply))
+        elif isinstance(message, EventsQuery):
+            since = None if message.since is None else message.since.resolve(time.time())
+            stored = await asyncio.to_thread(
+                alerts.history.list_events,
+                camera=message.camera,
+                rule=message.rule,
+                since=since,
+                limit=message.limit,
+            )
+            await self._send(EventsReply(message.id, tuple(e.to_json() for e in stored)))
+        elif isinstance(message, Subscribe):
+            await self._on_subscribe(message)
+        else:
+            unsubscribe = self._subscriptions.pop(message.id, None)
+            if unsubscribe is None:
+                await self._error(
+                    "bad_request",
+                    f"no subscription with id {message.id!r}",
+                    message.id,
+                    "unsubscribe",
+                )
+                return
+            unsubscribe()
+            await self._send(Unsubscribed(message.id))
+
+    async def _on_subscribe(self, sub: Subscribe) -> None:
+        alerts = self._ctx.alerts
+        assert alerts is not None
+        cfg = self._ctx.config
+        if sub.id in self._subscriptions:
+            await self._error(
+                "bad_request", f"subscription id {sub.id!r} is already in use", sub.id, "subscribe"
+            )
+            return
+        if len(self._subscriptions) >= cfg.max_subscriptions:
+            await self._error(
+                "busy",
+                f"this connection already has {cfg.max_subscriptions} subscriptions",
+                sub.id,
+                "subscribe",
+            )
+            return
+        if sub.camera is not None and sub.camera not in alerts.camera_names:
+            names = ", ".join(alerts.camera_names) or "(none)"
+            await self._error(
+                "unknown_camera",
+                f"there is no camera named {sub.camera!r}; cameras: {names}",
+                sub.id,
+                "subscribe",
+            )
+            return
+        if self._event_task is None:
+            self._event_task = asyncio.create_task(
+                self._event_loop(), name=f"ws-events-{self.number}"
+            )
+        sub_id = sub.id
+
+        def on_event(lc: Lifecycle) -> None:
+            self._push_event(sub_id, alerts.event_message(lc))
+
+        self._subscriptions[sub_id] = alerts.subscribe(on_event, camera=sub.camera, rule=sub.rule)
+        await self._send(Subscribed(sub_id))
+
+    def _push_event(self, sub_id: str, event: dict[str, Any]) -> None:
+        """Called by the alert service on the loop: queue, dropping the oldest when full."""
+        if sub_id not in self._subscriptions or self._closing:
+            return
+        if len(self._events) >= self._ctx.config.event_queue_messages:
+            self._events.popleft()
+            self._ctx.metrics.ws_event_drops.inc()
+        self._events.append((sub_id, event))
+        self._events_ready.set()
+
+    async def _event_loop(self) -> None:
+        with contextlib.suppress(_Closing, ConnectionClosed):
+            while True:
+                await self._events_ready.wait()
+                self._events_ready.clear()
+                while self._events:
+                    sub_id, event = self._events.popleft()
+                    if sub_id in self._subscriptions:
+                        await self._send(EventPush(sub_id, event))
 
     async def _on_cancel(self, cancel: Cancel) -> None:
         stream = self._in_flight.get(cancel.id)
@@ -442,6 +586,7 @@ class Session:
                 cameras=self._camera_infos(with_memory=True),
                 queued_frames=status.queued_frames,
                 queued_questions=status.queued_questions,
+                alerts=self._ctx.alerts_status(),
             )
         )
 
@@ -491,16 +636,22 @@ class Session:
             )
         return tuple(infos)
 
-    def _answer(self, client_id: str, final: FinalEvent) -> Answer:
+    def _answer(self, client_id: str, final: AnswerFinal) -> Answer:
+        t = final.timings
         return Answer(
             id=client_id,
             text=final.text,
             evidence=tuple(self._evidence(m) for m in final.evidence),
             timings=Timings(
-                ttft_ms=None if final.ttft_s is None else final.ttft_s * 1000.0,
-                tokens_per_s=final.tokens_per_s,
-                total_ms=final.total_s * 1000.0,
+                ttft_ms=_ms(t.ttft_s),
+                tokens_per_s=t.tokens_per_s,
+                total_ms=t.total_s * 1000.0,
                 tokens=final.tokens,
+                queue_ms=_ms(t.queue_s),
+                retrieval_ms=_ms(t.retrieval_s),
+                context_tokens=t.context_tokens,
+                blocks_loaded=t.blocks_loaded,
+                disk_reads=t.disk_reads,
             ),
             finish_reason=final.finish_reason,
             notes=final.notes,
@@ -523,12 +674,25 @@ class Session:
         )
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
+
+
 def _wall(seconds: float | None) -> str | None:
     return None if seconds is None else format_wall_time(seconds)
 
 
 def _type_of(message: ClientMessage) -> str:
-    return {Ask: "ask", Cancel: "cancel", StatusQuery: "status", Auth: "auth"}[type(message)]
+    return {
+        Ask: "ask",
+        Cancel: "cancel",
+        StatusQuery: "status",
+        Auth: "auth",
+        RuleCommand: "rule",
+        Subscribe: "subscribe",
+        Unsubscribe: "unsubscribe",
+        EventsQuery: "events",
+    }[type(message)]
 
 
 def _peer(ws: ServerConnection) -> str:

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from ingest.records import Frame
-from stream_agent.cameras import STATES, CameraBoard, encode_jpeg
+from stream_agent.cameras import STATES, CameraBoard
+from stream_agent.jpeg import encode_jpeg
 from stream_agent.metrics import DaemonMetrics, Registry
 from tests.support.prometheus import sample
 

@@ -130,8 +130,8 @@ def test_yaml_unknown_key_names_file_line_and_suggests(tmp_path: Path) -> None:
 
 
 def test_yaml_unknown_section_and_invalid_value_lines(tmp_path: Path) -> None:
-    path = _write(tmp_path, "d.yaml", GOOD_YAML + "alerts:\n  x: 1\n")
-    assert _error(path).startswith(f"{path}:22: alerts: unknown key")
+    path = _write(tmp_path, "d.yaml", GOOD_YAML + "sirens:\n  x: 1\n")
+    assert _error(path).startswith(f"{path}:22: sirens: unknown key")
     bad = GOOD_YAML.replace("frame_overflow: drop_newest", "frame_overflow: sometimes")
     message = _error(_write(tmp_path, "e.yaml", bad))
     assert message.startswith(f"{tmp_path / 'e.yaml'}:21: engine.frame_overflow: ")
@@ -178,9 +178,9 @@ def test_toml_dotted_keys_and_unknown_sections(tmp_path: Path) -> None:
     text = 'server.port = 1\nserver.hots = "x"\n\n[[cameras]]\nname = "a"\npath = "a.mp4"\n'
     path = _write(tmp_path, "d.toml", text)
     assert _error(path).startswith(f"{path}:2: server.hots: unknown key; did you mean 'host'?")
-    text2 = GOOD_TOML + '\n[logging]\nlevel = "INFO"\n\n[alerts]\nrules = 1\n'
+    text2 = GOOD_TOML + '\n[logging]\nlevel = "INFO"\n\n[sirens]\nrules = 1\n'
     path2 = _write(tmp_path, "e.toml", text2)
-    assert _error(path2).startswith(f"{path2}:22: alerts: unknown key")
+    assert _error(path2).startswith(f"{path2}:22: sirens: unknown key")
 
 
 def test_toml_inline_tables_point_at_the_enclosing_key(tmp_path: Path) -> None:
@@ -362,3 +362,37 @@ def test_only_the_real_error_is_reported_for_a_single_bad_camera(tmp_path: Path)
     message = _error(path)
     assert message.startswith(f"{path}:4: cameras[0].fsp: unknown key")
     assert "more" not in message
+
+
+def test_mqtt_and_alerts_sections_are_validated(tmp_path: Path) -> None:
+    ok = GOOD_YAML + (
+        "mqtt:\n  host: broker.lan\n  port: 1884\n  password_env: MQTT_PW\n"
+        "alerts:\n  rules:\n    - name: at-door\n      cameras: [door]\n"
+        "      condition: Is someone at the door?\n      cooldown_s: 2m\n"
+    )
+    names = [c.name for c in load_config(_write(tmp_path, "a.yaml", ok)).cameras]
+    config = load_config(_write(tmp_path, "a.yaml", ok.replace("[door]", f"[{names[0]}]")))
+    assert config.mqtt is not None and config.mqtt.port == 1884
+    assert config.alerts.rules[0].cooldown_s == 120
+    assert config.alerts_config.mqtt == config.mqtt
+    assert config.alerts_data_dir == config.memory.store_dir
+    assert "MQTT broker.lan:1884" in config.summary()
+    # a rule's camera must exist
+    message = _error(_write(tmp_path, "b.yaml", ok.replace("[door]", "[attic]")))
+    assert "no camera named 'attic'" in message
+    # MQTT settings under alerts: pointed at the top-level section
+    moved = GOOD_YAML + "alerts:\n  mqtt:\n    host: x\n"
+    assert "top-level 'mqtt:'" in _error(_write(tmp_path, "c.yaml", moved))
+    # bad values name the line
+    bad = GOOD_YAML + "mqtt:\n  port: 0\n"
+    assert ": mqtt.port: " in _error(_write(tmp_path, "d.yaml", bad))
+    unknown = GOOD_YAML + "mqtt:\n  hots: x\n"
+    assert "did you mean 'host'" in _error(_write(tmp_path, "e.yaml", unknown))
+
+
+def test_mqtt_flags() -> None:
+    config = from_flags(["clip.mp4"], mqtt_host="broker.lan", mqtt_port=1884)
+    assert config.mqtt is not None and (config.mqtt.host, config.mqtt.port) == ("broker.lan", 1884)
+    assert from_flags(["clip.mp4"]).mqtt is None
+    with pytest.raises(ConfigError, match="--mqtt-port"):
+        from_flags(["clip.mp4"], mqtt_port=70000)

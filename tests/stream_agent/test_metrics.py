@@ -10,6 +10,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
+from stream_agent.answers import AnswerTimings
 from stream_agent.metrics import DaemonMetrics, Registry
 from tests.support.prometheus import sample, sample_values
 
@@ -23,6 +24,8 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stream_agent_camera_reconnects": ("counter", ("camera",)),
     "stream_agent_cacher_reuse_ratio": ("gauge", ("camera",)),
     "stream_agent_pruner_kept_ratio": ("gauge", ("camera",)),
+    "stream_agent_gate_frames": ("counter", ("camera", "decision", "reason")),
+    "stream_agent_gate_reused_extensions": ("counter", ("camera",)),
     "stream_agent_memory_blocks": ("gauge", ("camera",)),
     "stream_agent_memory_ram_bytes": ("gauge", ("camera",)),
     "stream_agent_memory_disk_bytes": ("gauge", ("camera",)),
@@ -30,11 +33,15 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stream_agent_engine_queue_depth": ("gauge", ("kind",)),
     "stream_agent_engine_frames_encoded": ("counter", ("camera",)),
     "stream_agent_engine_frames_dropped": ("counter", ("camera", "reason")),
+    "stream_agent_engine_checks_dropped": ("counter", ("reason",)),
     "stream_agent_engine_frame_lag_seconds": ("gauge", ("camera",)),
     "stream_agent_engine_encode_errors": ("counter", ("camera",)),
     "stream_agent_answers": ("counter", ("outcome",)),
     "stream_agent_answer_ttft_seconds": ("histogram", ()),
     "stream_agent_answer_tokens_per_second": ("histogram", ()),
+    "stream_agent_answer_retrieval_seconds": ("histogram", ()),
+    "stream_agent_answer_blocks_loaded": ("counter", ()),
+    "stream_agent_answer_disk_reads": ("counter", ()),
     "stream_agent_answer_deltas_coalesced": ("counter", ()),
     "stream_agent_ws_clients": ("gauge", ()),
     "stream_agent_ws_rejected": ("counter", ("reason",)),
@@ -42,6 +49,18 @@ FAMILIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "stream_agent_ws_slow_client_disconnects": ("counter", ()),
     "stream_agent_http_requests": ("counter", ("route", "status")),
     "stream_agent_evidence_frames_evicted": ("counter", ("camera",)),
+    "stream_agent_ws_event_drops": ("counter", ()),
+    "stream_agent_alert_rule_checks": ("counter", ("rule",)),
+    "stream_agent_alert_gate_stops": ("counter", ("rule", "gate")),
+    "stream_agent_alert_events": ("counter", ("rule", "type")),
+    "stream_agent_alert_rules": ("gauge", ()),
+    "stream_agent_alert_open_events": ("gauge", ()),
+    "stream_agent_mqtt_connection_state": ("gauge", ("state",)),
+    "stream_agent_mqtt_connects": ("counter", ()),
+    "stream_agent_mqtt_outbox_messages": ("gauge", ()),
+    "stream_agent_mqtt_outbox_dropped": ("counter", ()),
+    "stream_agent_mqtt_transient_dropped": ("counter", ()),
+    "stream_agent_mqtt_delivered": ("counter", ()),
 }
 
 
@@ -59,6 +78,9 @@ def _filled() -> DaemonMetrics:
         m.camera_reconnects.mirror(1, camera="dock")
         m.cacher_reuse_share.set(0.375, camera="dock")
         m.pruner_kept_share.set(0.25, camera="dock")
+        m.gate_frames.mirror(40, camera="dock", decision="gated", reason="unchanged")
+        m.gate_frames.mirror(3, camera="dock", decision="passed", reason="changed")
+        m.gate_reused_extensions.mirror(2, camera="dock")
         m.memory_blocks.set(7, camera="dock")
         m.memory_ram_bytes.set(4096, camera="dock")
         m.memory_disk_bytes.set(2**40, camera="dock")
@@ -66,17 +88,31 @@ def _filled() -> DaemonMetrics:
         m.engine_queue_depth.set(2, kind="frames")
         m.engine_queue_depth.set(0, kind="questions")
         m.engine_frame_lag.set(0.125, camera="dock")
+        m.alert_rule_checks.mirror(3, rule="at-door")
+        m.alert_gate_stops.mirror(2, rule="at-door", gate="motion")
+        m.alert_rules.set(1)
+        m.alert_open_events.set(0)
+        m.mqtt_state.set(1, state="online")
+        m.mqtt_connects.mirror(1)
+        m.mqtt_outbox.set(0)
+        m.mqtt_outbox_dropped.mirror(0)
+        m.mqtt_transient_dropped.mirror(0)
+        m.mqtt_delivered.mirror(4)
 
     m.registry.add_collector(refresh)
     m.engine_frames_encoded.inc(5, camera="dock")
     m.engine_frames_dropped.inc(2, camera="dock", reason="overflow")
     m.engine_encode_errors.inc(camera="dock")
+    m.engine_checks_dropped.inc(reason="overflow")
     m.answers.inc(outcome="stop")
     m.answers.inc(outcome="stop")
     m.answers.inc(outcome="failed")
     m.answer_ttft.observe(0.3)
     m.answer_ttft.observe(3.0)
     m.answer_tokens_per_s.observe(12.0)
+    m.answer_retrieval.observe(0.2)
+    m.answer_blocks_loaded.inc(14)
+    m.answer_disk_reads.inc(3)
     m.answer_deltas_coalesced.inc(4)
     m.ws_clients.set(2)
     m.ws_rejected.inc(reason="max_clients")
@@ -84,6 +120,8 @@ def _filled() -> DaemonMetrics:
     m.ws_slow_disconnects.inc()
     m.http_requests.inc(route="metrics", status="200")
     m.evidence_frames_evicted.inc(9, camera="dock")
+    m.ws_event_drops.inc()
+    m.alert_events.inc(rule="at-door", type="start")
     return m
 
 
@@ -133,6 +171,9 @@ def test_values_as_a_scraper_reads_them() -> None:
     assert value("stream_agent_camera_reconnects_total", camera="dock") == 1
     assert value("stream_agent_cacher_reuse_ratio", camera="dock") == 0.375
     assert value("stream_agent_pruner_kept_ratio", camera="dock") == 0.25
+    gated = {"camera": "dock", "decision": "gated", "reason": "unchanged"}
+    assert value("stream_agent_gate_frames_total", **gated) == 40
+    assert value("stream_agent_gate_reused_extensions_total", camera="dock") == 2
     assert value("stream_agent_memory_disk_bytes", camera="dock") == 2**40
     assert value("stream_agent_engine_queue_depth", kind="frames") == 2
     assert value("stream_agent_engine_frames_dropped_total", camera="dock", reason="overflow") == 2
@@ -144,6 +185,10 @@ def test_values_as_a_scraper_reads_them() -> None:
     assert value("stream_agent_answer_ttft_seconds_bucket", le="5.0") == 2
     assert value("stream_agent_answer_ttft_seconds_bucket", le="+Inf") == 2
     assert value("stream_agent_answer_tokens_per_second_bucket", le="20.0") == 1
+    assert value("stream_agent_answer_retrieval_seconds_bucket", le="0.25") == 1
+    assert value("stream_agent_answer_retrieval_seconds_sum") == pytest.approx(0.2)
+    assert value("stream_agent_answer_blocks_loaded_total") == 14
+    assert value("stream_agent_answer_disk_reads_total") == 3
     assert value("stream_agent_answer_deltas_coalesced_total") == 4
     assert value("stream_agent_ws_clients") == 2
     assert value("stream_agent_http_requests_total", route="metrics", status="200") == 1
@@ -232,3 +277,24 @@ def test_content_negotiation() -> None:
     families = {f.name: f for f in openmetrics_families(body.decode())}
     assert families["stream_agent_answers"].type == "counter"
     assert families["stream_agent_memory_blocks"].type == "gauge"
+
+
+def test_an_answers_figures_reach_their_families() -> None:
+    m = DaemonMetrics(Registry())
+    m.observe_answer(
+        "stop",
+        AnswerTimings(
+            ttft_s=0.4,
+            tokens_per_s=9.0,
+            total_s=1.0,
+            retrieval_s=0.3,
+            blocks_loaded=6,
+            disk_reads=2,
+        ),
+    )
+    # a worker without a memory knows none of the retrieval figures: nothing is made up
+    m.observe_answer("cancelled", AnswerTimings(ttft_s=None, tokens_per_s=None, total_s=0.1))
+    assert m.answers.value(outcome="stop") == 1 and m.answers.value(outcome="cancelled") == 1
+    assert m.answer_ttft.count() == 1 and m.answer_tokens_per_s.count() == 1
+    assert m.answer_retrieval.count() == 1
+    assert m.answer_blocks_loaded.value() == 6 and m.answer_disk_reads.value() == 2

@@ -193,6 +193,25 @@ def test_server_messages_round_trip() -> None:
         assert parse_server_message(encode(message)) == message
 
 
+def test_answer_timings_carry_the_optional_figures_and_older_answers_still_parse() -> None:
+    timings = Timings(412.5, 18.2, 2210.0, 34, 3.1, 180.4, 2848, 14, 0)
+    wire = timings.to_wire()
+    assert {k: wire[k] for k in ("queue_ms", "retrieval_ms", "context_tokens")} == {
+        "queue_ms": 3.1,
+        "retrieval_ms": 180.4,
+        "context_tokens": 2848,
+    }
+    assert (wire["blocks_loaded"], wire["disk_reads"]) == (14, 0)
+    assert Timings.from_wire(wire) == timings
+    # an answer from a server without these fields: they are unknown, not zero
+    old = '{"type":"answer","id":"q","text":"","evidence":[],"finish_reason":"stop",'
+    old += '"timings":{"ttft_ms":1.0,"tokens_per_s":null,"total_ms":2.0,"tokens":1}}'
+    parsed = parse_server_message(old)
+    assert isinstance(parsed, Answer)
+    assert parsed.timings == Timings(1.0, None, 2.0, 1)
+    assert parsed.timings.retrieval_ms is None and parsed.timings.disk_reads is None
+
+
 def test_unexpected_server_messages_raise_value_error() -> None:
     for raw in ("[]", '{"type":"delta"}', "not json", "{}"):
         with pytest.raises(ValueError):
@@ -234,3 +253,45 @@ def test_status_cameras_carry_span_compression_and_lag(
     if start is not None:
         memory = wire["memory"]
         assert parse_wall_time(memory["start_time"]) <= parse_wall_time(memory["end_time"])
+
+
+def test_alert_messages_round_trip() -> None:
+    from stream_agent.protocol import (
+        EventPush,
+        EventsQuery,
+        EventsReply,
+        RuleCommand,
+        RuleResult,
+        Subscribe,
+        Subscribed,
+        Unsubscribe,
+        Unsubscribed,
+    )
+
+    client_messages = [
+        RuleCommand("r", {"op": "add", "rule": {"name": "x", "condition": "Is it?"}}),
+        Subscribe("s"),
+        Subscribe("s", camera="dock", rule="x"),
+        Unsubscribe("s"),
+        EventsQuery("e"),
+        EventsQuery("e", camera="dock", rule="x", since=TimeBound(ago_s=3600.0), limit=5),
+        Ask("a", "Who?", event="1764850000.250-x-dock-3fa9c1"),
+    ]
+    for message in client_messages:
+        assert parse_client_message(encode(message)) == message
+    record = {"id": "1-x-dock-abcdef", "rule": "x", "camera": "dock", "active": True}
+    server_messages: list[ServerMessage] = [
+        RuleResult("r", {"op": "list", "ok": True, "rules": []}),
+        Subscribed("s"),
+        Unsubscribed("s"),
+        EventPush("s", {"type": "start", "id": record["id"], "before": None, "after": record}),
+        EventsReply("e", ({**record, "type": "start"},)),
+        StatusReply(
+            "s", "m", True, "ok", (), 0, 0, {"mqtt": {"state": "online", "reason": ""}, "rules": 1}
+        ),
+        Error("unknown_event", "no such event", "a", "ask"),
+    ]
+    for message in server_messages:
+        assert parse_server_message(encode(message)) == message
+    assert encode(RuleResult("r", {"ok": True, "op": "get"})).startswith('{"ok":true')
+    assert "alerts" not in StatusReply("s", "m", True, "ok", (), 0, 0).to_wire()

@@ -80,10 +80,16 @@ export class AskPanel {
     this.e.question.focus();
   }
 
-  /** Ask about a moment (from the timeline) as given, leaving the form as the person set it. */
-  askAbout({ camera, question, since, until }) {
+  /** Ask about a moment (from the timeline) or an alert event (``event``: its id; the daemon
+   * then picks the camera and the time around the event) as given, leaving the form as the
+   * person set it. */
+  askAbout({ camera, question, since, until, event }) {
     this._say("");
-    this._send({ type: "ask", id: this._nextId(), question, camera, since, until });
+    const message = { type: "ask", id: this._nextId(), question };
+    for (const [key, value] of Object.entries({ camera, since, until, event })) {
+      if (value !== undefined && value !== null) message[key] = value;
+    }
+    this._send(message);
   }
 
   /** Send the question of the form. */
@@ -388,6 +394,7 @@ function describe(message, askedAt) {
   } else {
     parts.push("any time");
   }
+  if (message.event) parts.push("about an alert event");
   parts.push(`asked at ${clock(askedAt)}`);
   return parts.join(" · ");
 }

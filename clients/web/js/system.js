@@ -1,9 +1,18 @@
 // The system panel: the daemon and its model, whether it is ready, its queues, each camera's
 // memory (time span, blocks, RAM, disk), the compression in effect, how far behind live the
-// model is, and the answer latency this page has seen. MQTT's state shows once the daemon
-// reports one (the alerts phase).
+// model is, the answer latency this page has seen, and (when the daemon runs alerts) the MQTT
+// connection's state and the alert rule and ongoing event counts from ``status.alerts``.
 
 import { bytes, clock, duration, el, share } from "./format.js";
+
+const MQTT_WORDS = {
+  online: "connected",
+  connecting: "connecting",
+  offline: "disconnected",
+  refused: "refused by the broker",
+  stopped: "stopped",
+  disabled: "not configured",
+};
 
 export class SystemPanel {
   constructor({ facts, table }) {
@@ -51,9 +60,17 @@ export class SystemPanel {
       ],
       ["Answer latency", this._latency()],
     ];
-    if (status.mqtt !== undefined && status.mqtt !== null) {
-      const mqtt = status.mqtt;
-      rows.push(["MQTT", typeof mqtt === "object" ? (mqtt.state ?? JSON.stringify(mqtt)) : mqtt]);
+    const alerts = status.alerts;
+    if (alerts !== undefined && alerts !== null) {
+      const mqtt = alerts.mqtt ?? {};
+      const words = MQTT_WORDS[mqtt.state] ?? mqtt.state ?? "unknown";
+      const reason = mqtt.reason && mqtt.state !== "online" ? ` (${mqtt.reason})` : "";
+      rows.push(["MQTT", `${words}${reason}`, { "data-mqtt": mqtt.state ?? "" }]);
+      rows.push([
+        "Alerts",
+        `${alerts.rules} rule${alerts.rules === 1 ? "" : "s"}, ${alerts.open_events} ongoing ` +
+          `event${alerts.open_events === 1 ? "" : "s"}`,
+      ]);
     }
     const placed = (status.cameras ?? []).filter((camera) => camera.placement);
     if (placed.length) {
@@ -64,7 +81,10 @@ export class SystemPanel {
       ]);
     }
     this.facts.replaceChildren(
-      ...rows.flatMap(([term, value]) => [el("dt", { text: term }), el("dd", { text: value })]),
+      ...rows.flatMap(([term, value, extra]) => [
+        el("dt", { text: term }),
+        el("dd", { text: value, ...(extra ?? {}) }),
+      ]),
     );
     const cameras = status.cameras ?? hello.cameras ?? [];
     this.body.replaceChildren(

@@ -10,9 +10,14 @@ question's) and an :class:`AttentionProbe` of the layer before (its attention we
 rows it just ran, computed on demand), and returns which context slots the layer may see. It
 may also edit the layer's context K/V in place (the buffer is the answer's own copy; the stored
 blocks are never touched). Pruned slots keep their positions (keys are already rotated), so
-nothing is re-laid out; a hidden slot gets no attention at all (the softmax runs over the kept
-ones only), exactly as if it had been cut from the buffer, so the pass may later compact the
-buffers to save memory without changing this interface. The probe recomputes the weights
+nothing is re-laid out; a hidden slot gets no attention at all, exactly as if it had been cut
+from the buffer, and that is what the pass does: it compacts a pruned layer's buffer to the
+kept slots before the layer runs (so the layer and every decoding step attend over fewer keys,
+and the dropped K/V is freed), and it gathers a decoding step's keep-set rather than masking.
+Before a layer's context is even assembled, :meth:`InContextCompressor.select_tokens` may name
+the tokens of each block the layer needs (a keep-set carried from an earlier layer), so that
+the rest are not loaded or re-rotated at all; :attr:`ContextBlock.offsets` then says which of
+a block's tokens its slots hold. The probe recomputes the weights
 (the library's fused attention kernels do not return them) with the layer's own modules.
 
 Hooks (one compressor instance per answer, so it may keep state across layers and steps):
@@ -22,10 +27,11 @@ Hooks (one compressor instance per answer, so it may keep state across layers an
 - :meth:`InContextCompressor.decode_layer`: per decoding step, per layer, before the layer runs
   the new token; its keep-set holds for that step only (on top of the prefill one).
 
-How the next issue's methods map onto it. Per-layer retrieval means neighbouring layers may
-hold different blocks, so a method that scores at one layer and prunes at another carries its
-scores by block and offset (``ContextBlock.candidate.key`` plus the token's offset inside
-``ContextBlock.slots``); blocks the scoring layer did not hold are kept.
+How the three methods map onto it (:mod:`.dycoke`, :mod:`.holitom`, :mod:`.metok`).
+Per-layer retrieval means neighbouring layers may hold different blocks, so a method that
+scores at one layer and prunes at another carries its scores by block and offset
+(``ContextBlock.key`` plus the token's offset, ``ContextBlock.token_offsets``); blocks the
+scoring layer did not hold are kept.
 
 - **DyCoke** (stage 2, decode-time KV pruning from layer ``L``): in ``decode_layer`` for layer
   ``L``, ``previous`` is layer ``L - 1`` at this step; take the new token's attention over the
@@ -53,7 +59,7 @@ scores by block and offset (``ContextBlock.candidate.key`` plus the token's offs
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -66,11 +72,28 @@ from stream_agent.memory.runner import LayerRunner, rotate_half
 
 @dataclass(frozen=True, slots=True, eq=False)
 class ContextBlock:
-    """One block in a layer's context buffer: which candidate, at which slots."""
+    """One block in a layer's context buffer: which candidate, at which slots.
+
+    ``offsets`` are the block's token offsets the slots hold, in order (None: all of them;
+    a compressor that thinned the block, see :meth:`InContextCompressor.select_tokens`, leaves
+    fewer); ``positions`` ``(P, len(slots))`` the positions its keys are rotated at here.
+    """
 
     candidate: Candidate
     slots: slice
     recent: bool
+    offsets: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return self.candidate.key
+
+    def token_offsets(self) -> torch.Tensor:
+        """The block's token offsets held at :attr:`slots` (long, CPU)."""
+        if self.offsets is not None:
+            return self.offsets
+        return torch.arange(self.slots.stop - self.slots.start)
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -82,8 +105,9 @@ class LayerContext:
     (post-RoPE keys, values); slots ``sink`` hold the attention sink, ``blocks`` the retrieved
     and recent blocks (time order) up to ``context_slots``; ``rows`` are the slots of the rows
     the layer runs now (the suffix in the prefill, the new token in a step), ``question_rows``
-    the question's own rows as offsets into the suffix (for the query scores). ``kept`` is the
-    keep-set the prefill hook returned for this layer (None: all), during decoding.
+    the question's own rows as offsets into the suffix (for the query scores). ``kept``: the
+    prefill keep-set still to apply while decoding (None: the pass compacted the buffer to it,
+    which it always does today).
     """
 
     layer: int
@@ -144,6 +168,23 @@ class InContextCompressor(abc.ABC):
     """One answer's in-context compression (see the module docstring). The base keeps all."""
 
     name: ClassVar[str]
+    #: The method's settings record (a frozen dataclass; None: it takes none).
+    settings_class: ClassVar[type | None] = None
+
+    @classmethod
+    def build(cls, settings: object | None, runner: LayerRunner) -> InContextCompressor:
+        """One answer's instance, for ``runner``'s model."""
+        return cls()
+
+    def select_tokens(
+        self, layer: int, chosen: Sequence[Candidate]
+    ) -> Mapping[tuple[int, int], torch.Tensor] | None:
+        """Before layer ``layer``'s context is assembled from ``chosen`` (time order): the
+        token offsets (ascending, long) of each block (by :attr:`Candidate.key`) the layer
+        needs, for a block the compressor already thinned at an earlier layer (a block left out
+        is assembled whole; an empty tensor leaves it out). The pass then loads, re-rotates
+        and attends over those tokens only. None: every block whole."""
+        return None
 
     def prefill_layer(
         self, context: LayerContext, previous: AttentionProbe | None
@@ -168,6 +209,36 @@ class InContextCompressor(abc.ABC):
         return True
 
 
+#: Per block (by key): its held token offsets, their scores, and the block's token count.
+BlockScores = dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor, int]]
+
+
+def block_scores(context: LayerContext, slot_scores: torch.Tensor) -> BlockScores:
+    """Per block of ``context``: its held token offsets and their scores, read from
+    ``slot_scores`` (one per buffer slot)."""
+    out = {}
+    for block in context.blocks:
+        out[block.key] = (
+            block.token_offsets(),
+            slot_scores[block.slots].float().cpu(),
+            block.candidate.meta.tokens,
+        )
+    return out
+
+
+def selection_mask(
+    context: LayerContext, selected: Mapping[tuple[int, int], torch.Tensor]
+) -> torch.Tensor:
+    """A boolean ``(context.context_slots,)`` keep-set from per-block keep flags (by key, one
+    flag per token offset of the whole block): the sink and blocks not in ``selected`` kept."""
+    keep = torch.ones(context.context_slots, dtype=torch.bool)
+    for block in context.blocks:
+        flags = selected.get(block.key)
+        if flags is not None:
+            keep[block.slots] = flags[block.token_offsets()]
+    return keep
+
+
 def blocks_in_buffer(
     chosen: Sequence[Candidate], recent: set[tuple[int, int]], sink_tokens: int
 ) -> tuple[ContextBlock, ...]:
@@ -178,3 +249,18 @@ def blocks_in_buffer(
         out.append(ContextBlock(cand, slice(at, at + cand.meta.tokens), cand.key in recent))
         at += cand.meta.tokens
     return tuple(out)
+
+
+def scaled_layer(paper_layer: int, paper_depth: int, depth: int) -> int:
+    """A layer index of the paper's ``paper_depth``-layer model scaled to ``depth`` layers:
+    ``round(paper_layer * depth / paper_depth)``, clamped to ``[1, depth - 1]`` (a method needs
+    a layer before it to score with, and one to act on). LLaVA-OV-0.5B's 24 layers: DyCoke's
+    3 stays 3, HoliTom's 18 becomes 15, METok's (3, 10, 19) become (3, 9, 16)."""
+    return max(1, min(depth - 1, round(paper_layer * depth / paper_depth)))
+
+
+def visual_attention(probe: AttentionProbe, rows: slice | None) -> BlockScores:
+    """The attention the blocks' tokens of ``probe``'s layer received from ``rows`` (mean over
+    rows and heads), per block: ``{key: (offsets, scores)}``."""
+    weights = probe.weights(rows=rows)  # (heads, rows, extent)
+    return block_scores(probe.context, weights.mean(dim=(0, 1)))

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import signal
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
@@ -27,9 +28,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_daemon(folder: Path, model: Path, *, token: bool = True) -> Iterator[DaemonProcess]:
+def run_daemon(
+    folder: Path, model: Path, *, token: bool = True, **sections: Mapping[str, Any]
+) -> Iterator[DaemonProcess]:
     """The daemon on the shared clip (plus a camera that cannot connect), on a fixed free port
-    so that a restart comes back where the page looks for it."""
+    so that a restart comes back where the page looks for it; ``sections`` are further config
+    sections (``mqtt``, ``alerts``)."""
     if not SHARED_CLIP.is_file():
         pytest.skip(f"the shared test clip is absent ({SHARED_CLIP})")
     config = write_config(
@@ -43,6 +47,7 @@ def run_daemon(folder: Path, model: Path, *, token: bool = True) -> Iterator[Dae
         token=token,
         max_new_tokens=MAX_NEW_TOKENS,
         server={"port": free_port()},
+        **sections,
     )
     process = DaemonProcess(["--config", str(config)], folder / "daemon.log")
     process.start()

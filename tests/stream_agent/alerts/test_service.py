@@ -309,7 +309,11 @@ async def test_commands_over_mqtt_and_discovery(broker: Mosquitto, tmp_path: Pat
                 "id": "1",
                 "op": "add",
                 "ok": False,
-                "error": {"code": "unauthorised", "message": "missing or wrong command token"},
+                "error": {
+                    "code": "unauthorised",
+                    "message": "missing or wrong command token",
+                    "fields": [],
+                },
             }
             n_configs = len(col.on(disc))
             client_raw = await command(

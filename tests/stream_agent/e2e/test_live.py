@@ -95,6 +95,11 @@ async def test_an_answer_while_frames_still_flow(live: DaemonProcess) -> None:
     assert "".join(d["text"] for d in deltas) == answer["text"]
     assert answer["finish_reason"] in ("stop", "length")
     assert answer["timings"]["ttft_ms"] is not None and answer["timings"]["tokens"] >= 1
+    # the memory's retrieval figures reach the answer: part of its time to first token
+    timings = answer["timings"]
+    assert 0 < timings["retrieval_ms"] <= timings["ttft_ms"] - timings["queue_ms"] + 0.01
+    assert timings["blocks_loaded"] >= 1 and timings["context_tokens"] >= 1
+    assert timings["disk_reads"] >= 0
     check_evidence(answer, seen_pts=seen, since=live.started_at, now=answered_at)
     # the clip is still being replayed: newer frames keep arriving after the answer
     deadline = time.monotonic() + 10
@@ -158,6 +163,8 @@ async def test_http_endpoints_of_the_real_daemon(live: DaemonProcess) -> None:
     assert (metric(metrics, "stream_agent_engine_frames_encoded_total", camera=CAMERA) or 0) >= 2
     assert metric(metrics, "stream_agent_engine_frame_lag_seconds", camera=CAMERA) is not None
     assert (metric(metrics, "stream_agent_answer_ttft_seconds_count") or 0) >= 1
+    assert (metric(metrics, "stream_agent_answer_retrieval_seconds_count") or 0) >= 1
+    assert (metric(metrics, "stream_agent_answer_blocks_loaded_total") or 0) >= 1
     snapshot = await aget(f"{base}/cameras/{CAMERA}/snapshot.jpg", TOKEN)
     assert snapshot.status == 200 and snapshot.body[:2] == b"\xff\xd8"
     assert snapshot.headers["Content-Type"] == "image/jpeg"

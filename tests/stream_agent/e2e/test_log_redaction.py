@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.stream_agent.e2e.daemon import TOKEN, DaemonProcess, aget, write_config
+from tests.support.daemon import TOKEN, DaemonProcess, aget, write_config
 from tests.support.ws import recv, send
 
 CAMERA_PASSWORD = "cam-pass-77f1e0"

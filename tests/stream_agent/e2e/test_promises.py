@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from websockets.exceptions import ConnectionClosed
 
 from stream_agent.protocol import ERROR_CODES, format_wall_time
-from tests.stream_agent.e2e.daemon import (
+from tests.support.daemon import (
     DaemonProcess,
     client,
     parse_time,

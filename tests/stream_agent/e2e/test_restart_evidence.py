@@ -13,7 +13,7 @@ from typing import Any
 from PIL import Image
 
 from stream_agent.protocol import format_wall_time
-from tests.stream_agent.e2e.daemon import (
+from tests.support.daemon import (
     TOKEN,
     DaemonProcess,
     aget,

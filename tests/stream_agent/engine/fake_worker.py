@@ -2,7 +2,8 @@
 
 The real worker (model + ReKV memory) does not exist yet; this one keeps the frames it was given
 per camera and answers with a fixed sentence built from them, one word per delta, ending with
-evidence moments drawn from the frames inside the question's camera and time range. Gates let a
+evidence moments drawn from the frames inside the question's camera and time range (best first)
+and its own timings, in the records the real worker yields. Gates let a
 test hold the worker at a known point (before encoding, between answer tokens).
 """
 
@@ -10,22 +11,25 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from ingest.records import Frame
 from stream_agent.engine import (
-    AnswerDone,
+    AnswerDelta,
     AnswerEvent,
+    AnswerFinal,
+    AnswerTimings,
     CameraMemory,
     FrameBatch,
     Moment,
     Question,
-    TextDelta,
     WorkerStatus,
 )
+from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore
 
 MODEL_NAME = "fake-model"
 
@@ -53,6 +57,10 @@ class FakeWorker:
     set to an Event, the worker waits on it before every token after the first. ``encode_gate``:
     waits on it before each encode. Questions containing "explode" raise; frames of cameras in
     ``failing_cameras`` raise on encode; ``open_error`` makes ``open`` raise.
+
+    Rule checks score 0.9 for a condition containing ``yes_word`` and 0.1 otherwise, over the
+    camera's last three frames since the condition's ``since``; a camera without frames raises.
+    ``check_gate``: waits on it before each check or description.
     """
 
     answer_words: int = 3
@@ -68,6 +76,9 @@ class FakeWorker:
     opened: bool = False
     first_token_sent: threading.Event = field(default_factory=threading.Event)
     encode_started: threading.Event = field(default_factory=threading.Event)
+    yes_word: str = "person"
+    check_gate: threading.Event | None = None
+    check_started: threading.Event = field(default_factory=threading.Event)
 
     def open(self) -> None:
         if self.open_error is not None:
@@ -108,16 +119,61 @@ class FakeWorker:
         words = [f"Seen {len(moments)} moments."] + [
             f"{self.word_text}{i}" for i in range(self.answer_words)
         ]
+        began = time.perf_counter()
+        first: float | None = None
+        sent: list[str] = []
+
+        def final(reason: Literal["stop", "cancelled"]) -> AnswerFinal:
+            now = time.perf_counter()
+            rate = (len(sent) - 1) / (now - first) if first is not None and now > first else None
+            return AnswerFinal(
+                text="".join(sent),
+                evidence=tuple(moments),
+                tokens=len(sent),
+                finish_reason=reason,
+                timings=AnswerTimings(
+                    ttft_s=None if first is None else first - began,
+                    tokens_per_s=rate if len(sent) >= 2 else None,
+                    total_s=now - began,
+                ),
+            )
+
         for i, word in enumerate(words):
             if i > 0 and self.token_gate is not None:
                 while not self.token_gate.wait(0.01):
                     if cancel.is_set():
+                        yield final("cancelled")
                         return
             if cancel.is_set():
+                yield final("cancelled")
                 return
-            yield TextDelta(word if i == 0 else " " + word)
+            if first is None:
+                first = time.perf_counter()
+            sent.append(word if i == 0 else " " + word)
+            yield AnswerDelta(sent[-1])
             self.first_token_sent.set()
-        yield AnswerDone(evidence=tuple(moments), tokens=len(words), finish_reason="stop")
+        yield final("stop")
+
+    def check(self, camera: str, conditions: Sequence[RuleCondition]) -> list[RuleScore]:
+        self.log.append(("check", f"{camera}:{len(conditions)}"))
+        self.check_started.set()
+        if self.check_gate is not None:
+            self.check_gate.wait(10)
+        if camera not in self.frames:
+            raise RuntimeError(f"camera {camera} has no frames")
+        scores = []
+        for cond in conditions:
+            question = Question("check", cond.text, camera=camera, since=cond.since)
+            moments = sorted(self._moments(question), key=lambda m: m.start_wall)
+            score = 0.9 if self.yes_word in cond.text else 0.1
+            scores.append(RuleScore(score, tuple(moments)))
+        return scores
+
+    def describe(self, request: DescribeRequest) -> str:
+        self.log.append(("describe", request.camera))
+        if self.check_gate is not None:
+            self.check_gate.wait(10)
+        return f"Seen on {request.camera}: {request.condition}."
 
     def status(self) -> WorkerStatus:
         cameras = tuple(

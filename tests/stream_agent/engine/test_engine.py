@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import replace
 
 import pytest
 
 from stream_agent.config import EngineConfig
 from stream_agent.engine import (
+    AnswerEvent,
+    AnswerFailed,
+    AnswerFinal,
     Engine,
     EngineBusy,
     EngineStopped,
-    Failed,
-    Final,
     Question,
     question_received_now,
 )
@@ -68,15 +70,16 @@ async def test_an_answer_streams_deltas_then_a_final_with_evidence_and_timings(
     await _until(lambda: engine.snapshot().worker.camera("dock") is not None)
     await _until(lambda: engine.snapshot().queued_frames == 0)
     text, final = await engine.ask(_question("q1", camera="dock")).collect()
-    assert isinstance(final, Final)
+    assert isinstance(final, AnswerFinal)
     assert text == final.text == "Seen 3 moments. word0 word1 word2"
     assert final.finish_reason == "stop"
     assert final.tokens == 4
     assert [m.start_pts for m in final.evidence] == [3.0, 2.0, 1.0]
     assert [m.score for m in final.evidence] == pytest.approx([0.9, 0.8, 0.7])
-    assert final.ttft_s is not None and final.ttft_s >= 0
-    assert final.tokens_per_s is not None and final.tokens_per_s > 0
-    assert final.total_s >= final.ttft_s
+    timings = final.timings
+    assert timings.ttft_s is not None and timings.ttft_s >= 0
+    assert timings.tokens_per_s is not None and timings.tokens_per_s > 0
+    assert timings.total_s >= timings.ttft_s >= timings.queue_s >= 0
     status = engine.snapshot()
     assert status.worker.ready and status.worker.model == MODEL_NAME
     assert status.frames_encoded == {"dock": 4}
@@ -93,7 +96,7 @@ async def test_the_time_range_reaches_the_worker(
         engine.submit_frame(make_frame("dock", i, wall=1000.0 + i))
         await _until(lambda: engine.snapshot().queued_frames == 0)
     _, final = await engine.ask(_question("q", since=1002.0, until=1004.0)).collect()
-    assert isinstance(final, Final)
+    assert isinstance(final, AnswerFinal)
     assert sorted(m.start_wall for m in final.evidence) == [1002.0, 1003.0, 1004.0]
 
 
@@ -147,7 +150,7 @@ async def test_cancel_stops_an_answer_midway(
     await asyncio.to_thread(worker.first_token_sent.wait, 5)
     stream.cancel()
     text, final = await asyncio.wait_for(stream.collect(), 5)
-    assert isinstance(final, Final)
+    assert isinstance(final, AnswerFinal)
     assert final.finish_reason == "cancelled"
     assert text == final.text == "Seen 0 moments."
     assert final.evidence == ()
@@ -155,7 +158,7 @@ async def test_cancel_stops_an_answer_midway(
     # the engine goes on: the next question is answered
     gate.set()
     _, after = await engine.ask(_question("next")).collect()
-    assert isinstance(after, Final) and after.finish_reason == "stop"
+    assert isinstance(after, AnswerFinal) and after.finish_reason == "stop"
 
 
 async def test_a_question_cancelled_while_queued_never_reaches_the_worker(
@@ -170,7 +173,9 @@ async def test_a_question_cancelled_while_queued_never_reaches_the_worker(
     gate.set()
     _, final = await second.collect()
     await first.collect()
-    assert isinstance(final, Final) and final.finish_reason == "cancelled" and final.text == ""
+    assert (
+        isinstance(final, AnswerFinal) and final.finish_reason == "cancelled" and final.text == ""
+    )
     assert ("answer", "second") not in worker.log
 
 
@@ -179,11 +184,11 @@ async def test_a_worker_exception_fails_that_question_only(
 ) -> None:
     engine, _ = make_engine()
     _, failed = await engine.ask(_question("bad", "please explode")).collect()
-    assert isinstance(failed, Failed)
+    assert isinstance(failed, AnswerFailed)
     assert failed.code == "internal"
     assert "exploded as asked" in failed.message
     _, final = await engine.ask(_question("good")).collect()
-    assert isinstance(final, Final) and final.finish_reason == "stop"
+    assert isinstance(final, AnswerFinal) and final.finish_reason == "stop"
     assert engine.running
     assert metrics.answers.value(outcome="failed") == 1
 
@@ -207,7 +212,7 @@ async def test_a_worker_that_cannot_open_reports_why_and_fails_questions(
     await _until(lambda: "could not be loaded" in engine.snapshot().worker.reason)
     assert not engine.snapshot().worker.ready
     _, failed = await engine.ask(_question("q")).collect()
-    assert isinstance(failed, Failed)
+    assert isinstance(failed, AnswerFailed)
     assert "no such model folder" in failed.message
     engine.submit_frame(make_frame("dock", 0))
     await _until(
@@ -228,7 +233,7 @@ async def test_a_full_question_queue_answers_busy(
     gate.set()
     for stream in (running, waiting):
         _, final = await stream.collect()
-        assert isinstance(final, Final) and final.finish_reason == "stop"
+        assert isinstance(final, AnswerFinal) and final.finish_reason == "stop"
 
 
 async def test_flush_reaches_the_worker(
@@ -253,7 +258,7 @@ async def test_stop_finishes_answers_in_flight_then_flushes_and_closes(
     gate.set()
     _, final = await stream.collect()
     assert await stopping
-    assert isinstance(final, Final) and final.finish_reason == "stop"
+    assert isinstance(final, AnswerFinal) and final.finish_reason == "stop"
     assert worker.flushed == 1 and worker.closed
     assert not engine.running
     assert not engine.submit_frame(make_frame("dock", 0))
@@ -267,7 +272,7 @@ async def test_stop_with_cancel_cancels_answers_in_flight(
     await asyncio.to_thread(worker.first_token_sent.wait, 5)
     assert await engine.aclose("cancel", grace_s=5)
     _, final = await stream.collect()
-    assert isinstance(final, Final) and final.finish_reason == "cancelled"
+    assert isinstance(final, AnswerFinal) and final.finish_reason == "cancelled"
     assert worker.flushed == 1 and worker.closed
 
 
@@ -282,3 +287,39 @@ async def test_engine_metrics_render_queue_depth_and_memory(
     assert sample(text, "stream_agent_memory_blocks", camera="dock") == 1
     assert sample(text, "stream_agent_pruner_kept_ratio", camera="dock") == 0.25
     assert sample(text, "stream_agent_model_ready") == 1
+
+
+class _MemoryFiguresWorker(FakeWorker):
+    """A fake whose finals carry a memory's figures, as the real worker's do."""
+
+    def answer(self, question: Question, cancel: threading.Event) -> Iterator[AnswerEvent]:
+        for event in super().answer(question, cancel):
+            if isinstance(event, AnswerFinal):
+                figures = replace(
+                    event.timings,
+                    retrieval_s=0.25,
+                    context_tokens=96,
+                    blocks_loaded=3,
+                    disk_reads=2,
+                )
+                event = replace(event, timings=figures)
+            yield event
+
+
+async def test_the_workers_figures_are_delivered_and_counted_with_the_wait_added(
+    make_engine: Callable[..., tuple[Engine, FakeWorker]], metrics: DaemonMetrics
+) -> None:
+    engine, _ = make_engine(_MemoryFiguresWorker())
+    engine.submit_frame(make_frame("dock", 0, wall=1000.0))
+    await _until(lambda: engine.snapshot().queued_frames == 0)
+    # received five seconds ago: the engine adds that wait, and only that, to what it delivers
+    question = Question("q", "What happened?", received_at=question_received_now() - 5.0)
+    _, final = await engine.ask(question).collect()
+    assert isinstance(final, AnswerFinal) and final.finish_reason == "stop"
+    t = final.timings
+    assert (t.retrieval_s, t.context_tokens, t.blocks_loaded, t.disk_reads) == (0.25, 96, 3, 2)
+    assert t.ttft_s is not None and t.total_s >= t.ttft_s >= t.queue_s >= 5.0
+    assert t.total_s - t.queue_s < 5.0  # the worker's own time is not counted as waiting
+    assert metrics.answer_retrieval.count() == 1
+    assert metrics.answer_blocks_loaded.value() == 3 and metrics.answer_disk_reads.value() == 2
+    assert metrics.answer_ttft.count() == 1

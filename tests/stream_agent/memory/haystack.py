@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
+from stream_agent.answers import AnswerFinal
 from stream_agent.memory import FrameStamp, Memory, MemoryOptions, text_chunk
-from stream_agent.memory.records import AnswerFinal
 from stream_agent.models.base import LanguageModel
 from stream_agent.models.records import DecodeOptions, LMChunk
 

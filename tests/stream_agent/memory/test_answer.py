@@ -8,6 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from stream_agent.answers import best_first
 from stream_agent.memory import (
     AnswerDelta,
     AnswerFinal,
@@ -79,7 +80,7 @@ def test_recent_blocks_are_the_newest_within_the_time_range(
     feed(memory, llava, frame_tokens)
     final = _final(memory, time_range=TimeRange(since=WALL0 + 2, until=WALL0 + 4))
     seqs = [e.seq for e in final.evidence]
-    assert seqs == sorted(seqs)
+    assert final.evidence == best_first(final.evidence)  # cited best first
     assert {3, 4} <= set(seqs)
     assert set(seqs) <= {2, 3, 4}
     assert final.notes == ()
@@ -88,7 +89,7 @@ def test_recent_blocks_are_the_newest_within_the_time_range(
         assert 0 < e.score <= 1
         assert (e.relevance is None) == e.recent
     only_recent = _final(memory, top_k=0)
-    assert [e.seq for e in only_recent.evidence] == [8, 9]
+    assert [e.seq for e in only_recent.evidence] == [9, 8]  # equal scores: newest first
 
 
 def test_question_leaves_memory_unchanged_and_encoding_continues(
@@ -120,7 +121,8 @@ def test_pruned_and_empty_blocks(
     assert all(m.span == n for m in blocks)
     final = _final(memory)
     assert all(e.seq not in (1, 5) for e in final.evidence)
-    assert final.evidence[-1].seq == 7 and final.evidence[-1].recent
+    newest = max(final.evidence, key=lambda e: e.start_wall)
+    assert newest.seq == 7 and newest.recent
 
 
 def test_streams_are_separate_and_all_streams_mix(
@@ -131,10 +133,14 @@ def test_streams_are_separate_and_all_streams_mix(
         memory.append_step("front", frame_tokens[i], stamp(2 * i))
         memory.append_step("back", frame_tokens[4 + i], stamp(2 * i + 1))
     assert memory.streams == ("front", "back")
-    assert {e.stream for e in _final(memory, stream="front").evidence} == {"front"}
+    assert {e.camera for e in _final(memory, stream="front").evidence} == {"front"}
     both = _final(memory, stream=None, top_k=10)
-    assert {e.stream for e in both.evidence} == {"front", "back"}
-    assert [e.wall_start for e in both.evidence] == sorted(e.wall_start for e in both.evidence)
+    assert {e.camera for e in both.evidence} == {"front", "back"}
+    # the context mixes the streams in wall-time order
+    _, prepared = memory.prepare(QUESTION, stream=None, top_k=10)
+    for chosen in prepared.selections:
+        walls = [c.meta.wall_start for c in chosen]
+        assert walls == sorted(walls) and {c.meta.stream for c in chosen} == {"front", "back"}
     with pytest.raises(UnknownStreamError, match="garden"):
         _final(memory, stream="garden")
 

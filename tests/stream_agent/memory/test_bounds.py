@@ -92,7 +92,7 @@ def test_every_block_an_answer_sees_lies_in_its_range(
     final = events[-1]
     assert isinstance(final, AnswerFinal)
     for e in final.evidence:
-        assert _inside(e.wall_start, e.wall_end, time_range), e
+        assert _inside(e.start_wall, e.end_wall, time_range), e
     kept = [
         m
         for s in (["a", "b"] if stream is None else [stream])
@@ -152,5 +152,31 @@ def test_bounds_of_a_reopened_memory(
             memory.append_step("cam", tokens, FrameStamp(seq=i, pts=float(i), wall=WALL0 + 50 + i))
         final = list(memory.answer(QUESTION, time_range=TimeRange(WALL0, WALL0 + 4)))[-1]
         assert isinstance(final, AnswerFinal)
-        assert final.evidence and all(e.wall_end <= WALL0 + 4 for e in final.evidence)
+        assert final.evidence and all(e.end_wall <= WALL0 + 4 for e in final.evidence)
         assert {e.seq for e in final.evidence if e.recent} == {3, 4}
+
+
+def test_a_still_scene_answers_for_a_range_inside_its_span(
+    llava: VideoLLM, frame_tokens: list[VisualTokens], make_memory: Callable[..., Memory]
+) -> None:
+    """A block the change gate extended (nothing changed for 100 s) serves a question bounded to
+    a part of that still period, cited clipped to the range; a plain block partly outside a
+    range still does not."""
+    memory = make_memory(llava, top_k=2, recent_blocks=2)
+    memory.append_step("cam", frame_tokens[0], FrameStamp(seq=0, pts=0.0, wall=WALL0))
+    memory.append_step("cam", frame_tokens[1], FrameStamp(seq=1, pts=1.0, wall=WALL0 + 1))
+    memory.extend_last("cam", FrameStamp(seq=101, pts=101.0, wall=WALL0 + 101))
+    bounded = TimeRange(WALL0 + 40, WALL0 + 60)
+    final = list(memory.answer(QUESTION, time_range=bounded))[-1]
+    assert isinstance(final, AnswerFinal)
+    assert [m.seq for m in final.evidence] == [1]
+    (moment,) = final.evidence
+    assert (moment.start_wall, moment.end_wall) == (WALL0 + 40, WALL0 + 60)
+    assert (moment.start_pts, moment.end_pts) == (40.0, 60.0)
+    # the first block (one frame at WALL0) is outside; a range ending inside the still span
+    # but starting before the stream's first frame sees only the still block, clipped
+    early = list(memory.answer(QUESTION, time_range=TimeRange(WALL0 + 0.5, WALL0 + 30)))[-1]
+    assert isinstance(early, AnswerFinal)
+    assert [(m.seq, m.start_wall, m.end_wall) for m in early.evidence] == [
+        (1, WALL0 + 1, WALL0 + 30)
+    ]

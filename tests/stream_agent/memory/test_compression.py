@@ -44,7 +44,7 @@ class KeepAll(InContextCompressor):
     def decode_layer(
         self, context: LayerContext, previous: AttentionProbe | None
     ) -> torch.Tensor | None:
-        assert context.step is not None and context.kept is not None
+        assert context.step is not None
         return torch.ones(context.context_slots, dtype=torch.bool)
 
 

@@ -1,10 +1,9 @@
 """The pipeline's stages module on its own: the config sections mapped onto the stage packages'
-settings, one camera's vision chain over tiny real checkpoints, the memory's answers as engine
-events, and the evidence ranking."""
+settings, one camera's vision chain over tiny real checkpoints, and the memory's answers as the
+engine takes them."""
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from pathlib import Path
@@ -16,10 +15,10 @@ import pytest
 import cacher
 import pruner
 from ingest.records import Frame
+from stream_agent.answers import AnswerDelta, AnswerFinal
 from stream_agent.config import CacherConfig, MemoryConfig, PrunerConfig
-from stream_agent.engine.records import AnswerDone, TextDelta
 from stream_agent.errors import ConfigError
-from stream_agent.memory import Evidence, MemoryOptions, StoreError
+from stream_agent.memory import MemoryOptions, StoreError
 from stream_agent.models import VideoLLM
 from stream_agent.models.records import DecodeOptions
 from stream_agent.models.testing import build_test_adapter
@@ -30,7 +29,6 @@ from stream_agent.pipeline.stages import (
     cacher_settings,
     chain_settings,
     memory_status,
-    moments,
     open_memory,
     pruner_settings,
 )
@@ -159,8 +157,9 @@ def test_blocks_reach_the_memory_and_answers_become_engine_events(
             )
         )
         *deltas, done = events
-        assert all(isinstance(d, TextDelta) and d.text for d in deltas)
-        assert isinstance(done, AnswerDone) and done.finish_reason in ("stop", "length")
+        assert all(isinstance(d, AnswerDelta) and d.text for d in deltas)
+        assert isinstance(done, AnswerFinal) and done.finish_reason in ("stop", "length")
+        assert done.text == "".join(d.text for d in deltas if isinstance(d, AnswerDelta))
         assert 1 <= done.tokens <= 4
         assert done.evidence and {m.camera for m in done.evidence} == {"dock"}
         cancelled = threading.Event()
@@ -174,24 +173,8 @@ def test_blocks_reach_the_memory_and_answers_become_engine_events(
             options=DecodeOptions(max_new_tokens=4),
             cancel=cancelled,
         )
-        assert not any(isinstance(e, AnswerDone) for e in quiet)  # a cancelled answer just ends
+        # a cancelled answer ends at once, with its final saying so
+        *_, last = quiet
+        assert isinstance(last, AnswerFinal) and last.finish_reason == "cancelled"
     finally:
         memory.close()
-
-
-def test_moments_are_ranked_best_first() -> None:
-    def evidence(seq: int, score: float, relevance: float | None) -> Evidence:
-        return Evidence("dock", seq, seq, seq + 1, 100 + seq, 101 + seq, score, relevance, False)
-
-    ranked = moments(
-        [
-            evidence(0, 0.5, 0.9),
-            evidence(1, 1.0, None),
-            evidence(2, 0.5, 0.2),
-            evidence(3, 1.0, None),
-            evidence(4, 0.5, math.nan),
-        ]
-    )
-    # by score, then relevance (missing or NaN counts as 0), then newest first
-    assert [m.start_pts for m in ranked] == [3, 1, 0, 2, 4]
-    assert ranked[0].camera == "dock" and ranked[0].end_wall == 104 and ranked[0].score == 1.0

@@ -15,12 +15,12 @@ import pytest
 from ingest.records import Frame
 from stream_agent.config import DaemonConfig, EngineConfig
 from stream_agent.engine import (
-    AnswerDone,
+    AnswerDelta,
+    AnswerFailed,
+    AnswerFinal,
     Engine,
-    Failed,
     FrameBatch,
     Question,
-    TextDelta,
     question_received_now,
 )
 from stream_agent.models import VideoLLM
@@ -69,11 +69,11 @@ def opened(model: VideoLLM, cfg: DaemonConfig) -> ModelWorker:
     return worker
 
 
-def answer(worker: ModelWorker, question: Question) -> tuple[str, AnswerDone | None]:
+def answer(worker: ModelWorker, question: Question) -> tuple[str, AnswerFinal | None]:
     text = []
     done = None
     for event in worker.answer(question, threading.Event()):
-        if isinstance(event, TextDelta):
+        if isinstance(event, AnswerDelta):
             text.append(event.text)
         else:
             done = event
@@ -102,14 +102,18 @@ def test_frames_become_blocks_and_answers_cite_them(llava: VideoLLM, tmp_path: P
 
 
 def test_adaptive_cacher_reuses_a_still_scene(llava: VideoLLM, tmp_path: Path) -> None:
-    """``cacher.method = adaptive``: repeated identical frames reuse the reference whole."""
-    worker = opened(llava, config(tmp_path / "memory", cacher={"method": "adaptive"}))
+    """``cacher.method = adaptive`` (gate off): repeated identical frames reuse the reference
+    whole, and such a frame is not stored again: the block's time span grows instead."""
+    cacher = {"method": "adaptive", "gate": {"enabled": False}}
+    worker = opened(llava, config(tmp_path / "memory", cacher=cacher))
     still = tuple(Frame("dock", i, float(i), time.time(), image(0), session=0) for i in range(4))
     worker.encode(FrameBatch("dock", still))
     memory = worker.status().camera("dock")
-    assert memory is not None and memory.blocks == 4
     # the first frame is encoded in full, the three identical ones reuse it whole
-    assert memory.cacher_reuse_share is not None and memory.cacher_reuse_share >= 0.7
+    assert memory is not None and memory.cacher_reuse_share is not None
+    assert memory.cacher_reuse_share >= 0.7
+    assert memory.blocks == 1 and memory.reused_extensions == 3 and memory.last_pts == 3.0
+    assert memory.gate_reasons == (("disabled", 4),)
     worker.close()
 
 
@@ -146,7 +150,7 @@ async def test_the_engine_reports_a_refusal_with_its_code(llava: VideoLLM, tmp_p
             Question("q", "Anything?", camera="door", received_at=question_received_now())
         )
         _text, terminal = await stream.collect()
-        assert isinstance(terminal, Failed)
+        assert isinstance(terminal, AnswerFailed)
         assert terminal.code == "unknown_camera" and "has not delivered" in terminal.message
     finally:
         assert await engine.aclose("cancel", grace_s=30)

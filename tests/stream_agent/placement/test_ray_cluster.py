@@ -198,8 +198,9 @@ async def test_a_cancelled_question_ends_cancelled_and_an_all_cameras_question_m
     """The front in this process (no WebSocket): cancelling a long answer on its engine ends it
     with ``cancelled``; asking all cameras gets evidence from both engines."""
     from ingest.records import Frame
+    from stream_agent.answers import AnswerFinal
     from stream_agent.config import DaemonConfig
-    from stream_agent.engine import Final, Question, question_received_now
+    from stream_agent.engine import Question, question_received_now
     from stream_agent.placement.ray_group import RayEngineGroup
     from tests.stream_agent.pipeline.test_worker import image
 
@@ -237,12 +238,12 @@ async def test_a_cancelled_question_ends_cancelled_and_an_all_cameras_question_m
         await asyncio.sleep(0.5)
         stream.cancel()
         _, final = await stream.collect()
-        assert isinstance(final, Final) and final.finish_reason == "cancelled", final
+        assert isinstance(final, AnswerFinal) and final.finish_reason == "cancelled", final
         assert final.tokens < 4000
         _, merged = await group.ask(
             Question("all", "What moves?", None, received_at=question_received_now())
         ).collect()
-        assert isinstance(merged, Final), merged
+        assert isinstance(merged, AnswerFinal), merged
         assert {m.camera for m in merged.evidence} == {"a", "b"}
     finally:
         await group.aclose()

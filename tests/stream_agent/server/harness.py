@@ -17,6 +17,7 @@ from typing import Any
 
 from websockets.asyncio.client import connect
 
+from stream_agent.alerts.service import AlertService
 from stream_agent.cameras import CameraBoard
 from stream_agent.config import EngineConfig, ServerConfig
 from stream_agent.engine import Engine
@@ -71,9 +72,11 @@ async def running_server(
     web_root: Path | None = None,
     board: CameraBoard | None = None,
     engine_config: EngineConfig | None = None,
+    alerts: AlertService | None = None,
+    metrics: DaemonMetrics | None = None,
     **server_settings: Any,
 ) -> AsyncIterator[Harness]:
-    metrics = DaemonMetrics(Registry())
+    metrics = metrics or DaemonMetrics(Registry())
     worker = worker or FakeWorker()
     engine = Engine(worker, engine_config or EngineConfig(), metrics=metrics)
     board = board or CameraBoard(cameras, metrics=metrics, evidence_max_side=64)
@@ -86,6 +89,7 @@ async def running_server(
         token=token,
         model_name=MODEL_NAME,
         web_root=web_root,
+        alerts=alerts,
     )
     engine.start()
     await server.start()

@@ -17,17 +17,16 @@ import numpy.typing as npt
 import pytest
 
 from ingest.records import Frame
+from stream_agent.answers import AnswerDelta, AnswerFinal
 from stream_agent.config import DaemonConfig, EngineConfig
 from stream_agent.engine import (
-    AnswerDone,
     Engine,
     FrameBatch,
     Question,
-    TextDelta,
     question_received_now,
 )
 from stream_agent.engine.checks import RuleCondition, RuleScore
-from stream_agent.engine.records import AnswerEvent, Final
+from stream_agent.engine.records import AnswerEvent
 from stream_agent.models import VideoLLM
 from stream_agent.models.testing import build_test_adapter
 from stream_agent.pipeline import ModelWorker
@@ -65,12 +64,12 @@ def opened(model: VideoLLM, cfg: DaemonConfig) -> ModelWorker:
     return worker
 
 
-def answer(worker: ModelWorker, question: Question) -> AnswerDone:
+def answer(worker: ModelWorker, question: Question) -> AnswerFinal:
     done = None
     for event in worker.answer(question, threading.Event()):
-        if not isinstance(event, TextDelta):
+        if not isinstance(event, AnswerDelta):
             done = event
-    assert isinstance(done, AnswerDone)
+    assert isinstance(done, AnswerFinal)
     return done
 
 
@@ -217,7 +216,7 @@ async def test_a_question_is_answered_inside_a_frames_encode(
         )
         worker.queued.set()
         _text, terminal = await stream.collect()
-        assert isinstance(terminal, Final) and terminal.evidence
+        assert isinstance(terminal, AnswerFinal) and terminal.evidence
         # the only block then was frame 0's: the question did not wait for frame 1
         assert {m.start_pts for m in terminal.evidence} == {0.0}
         (score,) = await asyncio.wrap_future(check)

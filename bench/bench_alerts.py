@@ -12,10 +12,11 @@ Three parts, each comparing two ways in the same run:
    first, but a check that has started runs to its end).
 3. ``gates``: frames of the shared clip at 1 fps through the real vision chain (tiny LLaVA
    model: the cacher's changed-token share does not depend on the LLM's size), a check due at
-   every frame: the share of model checks the motion gate (the rules' default
-   ``motion: 0.02`` over the cacher's per-frame recomputed share, with the ``stc`` and the
-   ``adaptive`` cacher) and the HOG person gate cut (target: >= half). Uses
-   :mod:`stream_agent.alerts.gates`.
+   every frame: the share of model checks the motion gate cuts (the rules' default
+   ``motion``: over the daemon's change gate in front of the encoder, as the daemon runs it; and,
+   for comparison, over the cacher's per-frame recomputed share with the ``stc`` and the
+   ``adaptive`` cacher, what the daemon reports when the change gate is off) and the HOG person
+   gate (target: >= half). Uses :mod:`stream_agent.alerts.gates`.
 
     .venv/bin/python bench/bench_alerts.py            # table + bench/results/bench_alerts.json
     .venv/bin/python bench/bench_alerts.py --device cuda
@@ -42,10 +43,12 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import cacher  # noqa: E402
 from bench.bench_memory import Stream  # noqa: E402
 from ingest import IngestOptions, open_source  # noqa: E402
 from ingest.records import Frame  # noqa: E402
 from stream_agent.alerts import gates  # noqa: E402
+from stream_agent.alerts.rules import GateSpec  # noqa: E402
 from stream_agent.answers import AnswerFinal  # noqa: E402
 from stream_agent.config import CacherConfig, EngineConfig, PrunerConfig  # noqa: E402
 from stream_agent.engine import (  # noqa: E402
@@ -210,10 +213,27 @@ def changed_shares(model: VideoLLM, frames: list[Frame], method: str) -> list[fl
     return shares
 
 
+def change_gate_cuts(frames: list[Frame], min_share: float) -> list[bool]:
+    """Whether a check due at each frame is cut with the daemon's default change gate in front
+    of the encoder (what the pipeline hands the alerts' motion log): a frame the gate holds back
+    is no new frame at all, a passed one carries the share of the picture that changed."""
+    gate = cacher.ChangeGate(cacher.GateConfig())
+    cuts = []
+    for frame in frames:
+        decision = gate.check(CAMERA, frame.image, frame.pts)
+        if not decision.passed:
+            cuts.append(gates.motion_gate(0, None, min_share) is not None)
+        else:
+            cuts.append(gates.motion_gate(1, decision.changed_share, min_share) is not None)
+    return cuts
+
+
 def bench_gates(frames: list[Frame], min_share: float) -> dict[str, Any]:
     tiny = build_test_adapter("llava_onevision", seed=0)
     out: dict[str, Any] = {"frames": len(frames), "min_share": min_share}
     cut_by_motion: dict[str, list[bool]] = {}
+    cut_by_motion["change gate"] = change_gate_cuts(frames, min_share)
+    out["motion (change gate)"] = sum(cut_by_motion["change gate"]) / len(frames)
     for method in ("stc", "adaptive"):
         shares = changed_shares(tiny, frames, method)
         # a check due at every frame sees that one new frame: motion_gate(1, its share, 0.02)
@@ -305,9 +325,11 @@ def main() -> int:
     if "gates" not in args.skip:
         print("gates over the shared clip ...", flush=True)
         frames = asyncio.run(clip_frames(args.gate_frames))
-        gate = bench_gates(frames, min_share=0.02)
+        gate = bench_gates(frames, min_share=GateSpec().motion or 0.0)
         results["gates"] = gate
         for key in (
+            "motion (change gate)",
+            "motion (change gate) + person",
             "motion (stc)",
             "motion (adaptive)",
             "person",

@@ -92,16 +92,17 @@ Hours = Annotated[TimeRange, BeforeValidator(_time_range)]
 class GateSpec(BaseModel):
     """The cheap gates that decide whether the model is asked at all.
 
-    ``motion``: the least share of changed visual tokens (as the cacher reports them) since the
-    rule's last check on that camera for the model to be asked; a still scene keeps the previous
-    verdict and costs no model call. None switches the gate off. ``person``: ask only when
-    OpenCV's HOG people detector finds a person in the newest frame; none found counts as the
-    condition not holding.
+    ``motion``: the least share of the picture that changed (the change gate's share of changed
+    cells; with the gate off, the cacher's recomputed share) since the rule's last check on that
+    camera for the model to be asked; a still scene keeps the previous verdict and costs no
+    model call (frames the gate holds back do not count as new at all). None switches the gate
+    off. ``person``: ask only when OpenCV's HOG people detector finds a person in the newest
+    frame; none found counts as the condition not holding.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    motion: float | None = Field(default=0.02, ge=0.0, le=1.0)
+    motion: float | None = Field(default=0.01, ge=0.0, le=1.0)
     person: bool = False
 
 

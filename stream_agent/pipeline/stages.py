@@ -238,16 +238,20 @@ class VisionChain:
             if len(self._waiting) == self._frames_per_step:
                 step, self._waiting = self._waiting, []
                 # every frame of the step is shown to the gate (its counters and reference)
-                passed = [self._passes(f) for f in step]
-                if any(passed):
-                    out.extend(self._step(step, yield_point))
+                shares = [self._passes(f) for f in step]
+                if any(s is not None for s in shares):
+                    changed = [s for s in shares if s is not None and s >= 0.0]
+                    motion = max(changed) if changed else None
+                    out.extend(self._step(step, yield_point, motion))
                 else:
                     out.extend(self._extend(step[-1]))
         return out
 
-    def _passes(self, frame: FrameLike) -> bool:
+    def _passes(self, frame: FrameLike) -> float | None:
+        """None when the gate holds ``frame`` back; else the share of the picture that changed
+        (-1.0 when the gate does not compare: off, or a frame it cannot read)."""
         try:
-            return self._gate.check(self.camera, frame.image, frame.pts).passed
+            decision = self._gate.check(self.camera, frame.image, frame.pts)
         except cacher.FrameError as exc:
             if not self._gate_refused:
                 self._gate_refused = True
@@ -256,7 +260,10 @@ class VisionChain:
                     self.camera,
                     exc,
                 )
-            return True
+            return -1.0
+        if not decision.passed:
+            return None
+        return -1.0 if decision.reason == "disabled" else decision.changed_share
 
     def _extend(self, frame: FrameLike) -> list[Step]:
         """Nothing new up to ``frame``: extend the newest step (held by the pruner, or the
@@ -270,7 +277,12 @@ class VisionChain:
             return []
         return [Extension(end)]
 
-    def _step(self, frames: list[FrameLike], yield_point: YieldPoint | None) -> list[Step]:
+    def _step(
+        self, frames: list[FrameLike], yield_point: YieldPoint | None, motion: float | None
+    ) -> list[Step]:
+        """Encode one step. ``motion`` is the share of the picture the change gate saw change
+        (None: the gate did not compare), what ``on_frame`` reports; without it, the cacher's
+        recomputed share stands in."""
         model = self._model
         pixels = model.preprocess([f.image for f in frames])
         embeds = model.embed_patches(pixels)[:1]  # one step: (1, N, D)
@@ -295,7 +307,7 @@ class VisionChain:
         tokens = model.tokens_from_hidden(cacher.stack_hidden([encoded]))[0]
         first, last = frames[0], frames[-1]
         if self._on_frame is not None:
-            share = encoded.stats.recomputed_share
+            share = encoded.stats.recomputed_share if motion is None else motion
             for frame in frames:
                 try:
                     self._on_frame(self.camera, frame.wall_time, share)

@@ -29,7 +29,7 @@ def spec(**kw: object) -> RuleSpec:
 def test_defaults_and_round_trip() -> None:
     r = spec(active_hours=["22:00-06:00"], check_interval_s="1m", cameras=["door"])
     assert r.check_interval_s == 60.0 and r.cameras == ["door"] and r.threshold == 0.5
-    assert r.gates.motion == 0.02 and r.gates.person is False
+    assert r.gates.motion == 0.01 and r.gates.person is False
     assert RuleSpec.parse(json.loads(json.dumps(r.to_json()))) == r
 
 

@@ -18,7 +18,7 @@ from stream_agent.memory import MemoryConfigError, MemoryOptions
         ({"recent_blocks": -1}, "recent_blocks"),
         ({"ram_budget_bytes": -5}, "ram_budget_bytes"),
         ({"retention_s": 0}, "retention_s"),
-        ({"store_dtype": "int8"}, "store_dtype"),
+        ({"store_dtype": "int4"}, "store_dtype"),
         ({"position_limit": 1}, "position_limit"),
         ({"query_rows": "all"}, "query_rows"),
         ({"segment_bytes": True}, "segment_bytes"),

@@ -239,18 +239,6 @@ def selection_mask(
     return keep
 
 
-def blocks_in_buffer(
-    chosen: Sequence[Candidate], recent: set[tuple[int, int]], sink_tokens: int
-) -> tuple[ContextBlock, ...]:
-    """Where ``chosen`` (time order) lie in a layer's buffer, after the sink."""
-    out = []
-    at = sink_tokens
-    for cand in chosen:
-        out.append(ContextBlock(cand, slice(at, at + cand.meta.tokens), cand.key in recent))
-        at += cand.meta.tokens
-    return tuple(out)
-
-
 def scaled_layer(paper_layer: int, paper_depth: int, depth: int) -> int:
     """A layer index of the paper's ``paper_depth``-layer model scaled to ``depth`` layers:
     ``round(paper_layer * depth / paper_depth)``, clamped to ``[1, depth - 1]`` (a method needs

@@ -38,7 +38,7 @@ import numpy.typing as npt
 from stream_agent.alerts import gates as g
 from stream_agent.alerts.commands import ChangeKind, RuleCommands
 from stream_agent.alerts.discovery import DeviceInfo, device_config, platforms
-from stream_agent.alerts.errors import InvalidRule
+from stream_agent.alerts.errors import InvalidRule, UnknownRule
 from stream_agent.alerts.history import EventHistory
 from stream_agent.alerts.mqtt import MqttLink
 from stream_agent.alerts.rules import Rule, RuleSpec, RuleStore
@@ -409,9 +409,10 @@ class AlertService:
                 self._emit(lc)
 
     def _current_spec(self, name: str) -> RuleSpec | None:
+        """The rule as it is now; None once it was removed (while its check ran)."""
         try:
             return self._store.get(name).spec
-        except Exception:
+        except UnknownRule:
             return None
 
     # --- lifecycle out -----------------------------------------------------------------------

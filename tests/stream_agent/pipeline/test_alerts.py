@@ -17,7 +17,6 @@ from stream_agent.alerts.service import RuleQuestion
 from stream_agent.config import DaemonConfig, EngineConfig
 from stream_agent.engine import Engine
 from stream_agent.models import VideoLLM
-from stream_agent.models.testing import build_test_adapter
 from stream_agent.pipeline import EngineAlerts, ModelWorker
 
 CLIP = (
@@ -33,11 +32,6 @@ CONDITIONS = [
     "the room is empty",
     "a person is carrying a bag",
 ] * 4
-
-
-@pytest.fixture(scope="module")
-def llava() -> VideoLLM:
-    return build_test_adapter("llava_onevision")
 
 
 async def clip_frames(camera: str, count: int) -> list[Frame]:

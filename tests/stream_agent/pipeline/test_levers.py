@@ -31,20 +31,11 @@ from stream_agent.models import VideoLLM
 from stream_agent.models.testing import build_test_adapter
 from stream_agent.pipeline import ModelWorker
 
-
-@pytest.fixture(scope="module")
-def llava() -> VideoLLM:
-    return build_test_adapter("llava_onevision")
+from .pictures import moving_square
 
 
-def image(index: int, size: tuple[int, int] = (96, 128)) -> npt.NDArray[np.uint8]:
-    """A textured frame with a square at a place that depends on ``index``."""
-    height, width = size
-    yy, xx = np.mgrid[0:height, 0:width]
-    picture = np.stack([(xx * 3) % 256, (yy * 5) % 256, ((xx + yy) * 2) % 256], axis=-1)
-    left = 10 + 12 * index
-    picture[20:50, left : left + 30] = (250, 30, 200)
-    return picture.astype(np.uint8)
+def image(index: int) -> npt.NDArray[np.uint8]:
+    return moving_square(index, step=12)
 
 
 def config(store: Path, **sections: Any) -> DaemonConfig:

@@ -8,8 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
 import pytest
 
 import cacher
@@ -33,10 +31,7 @@ from stream_agent.pipeline.stages import (
     pruner_settings,
 )
 
-
-@pytest.fixture(scope="module")
-def llava() -> VideoLLM:
-    return build_test_adapter("llava_onevision")
+from .pictures import moving_square
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +39,7 @@ def qwen() -> VideoLLM:
     return build_test_adapter("qwen2_vl")
 
 
-def image(index: int, size: tuple[int, int] = (96, 128)) -> npt.NDArray[np.uint8]:
-    height, width = size
-    yy, xx = np.mgrid[0:height, 0:width]
-    picture = np.stack([(xx * 3) % 256, (yy * 5) % 256, ((xx + yy) * 2) % 256], axis=-1)
-    left = 10 + 4 * index
-    picture[20:50, left : left + 30] = (250, 30, 200)
-    return picture.astype(np.uint8)
+image = moving_square
 
 
 def frames(count: int, *, start: int = 0) -> list[Frame]:

@@ -8,8 +8,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
 import pytest
 
 from ingest.records import Frame
@@ -27,20 +25,9 @@ from stream_agent.models import VideoLLM
 from stream_agent.models.testing import build_test_adapter
 from stream_agent.pipeline import ModelWorker, NothingSeenError
 
+from .pictures import moving_square
 
-@pytest.fixture(scope="module")
-def llava() -> VideoLLM:
-    return build_test_adapter("llava_onevision")
-
-
-def image(index: int, size: tuple[int, int] = (96, 128)) -> npt.NDArray[np.uint8]:
-    """A textured frame with a square that moves a little each frame."""
-    height, width = size
-    yy, xx = np.mgrid[0:height, 0:width]
-    picture = np.stack([(xx * 3) % 256, (yy * 5) % 256, ((xx + yy) * 2) % 256], axis=-1)
-    left = 10 + 4 * index
-    picture[20:50, left : left + 30] = (250, 30, 200)
-    return picture.astype(np.uint8)
+image = moving_square
 
 
 def frames(camera: str, count: int, *, start: int = 0, session: int = 0) -> tuple[Any, ...]:

@@ -202,7 +202,7 @@ async def test_a_cancelled_question_ends_cancelled_and_an_all_cameras_question_m
     from stream_agent.config import DaemonConfig
     from stream_agent.engine import Question, question_received_now
     from stream_agent.placement.ray_group import RayEngineGroup
-    from tests.stream_agent.pipeline.test_worker import image
+    from tests.stream_agent.pipeline.pictures import moving_square as image
 
     config = DaemonConfig.model_validate(
         {
@@ -225,13 +225,14 @@ async def test_a_cancelled_question_ends_cancelled_and_an_all_cameras_question_m
 
         await asyncio.wrap_future(group.opened)
         now = time.time()
+        deadline = time.monotonic() + 60
         for i in range(4):
+            # one frame per camera at a time: the front sheds frames beyond what is in flight
             for camera in ("a", "b"):
                 group.submit_frame(Frame(camera, i, float(i), now + i, image(i)))
-        deadline = time.monotonic() + 60
-        while not all(group.snapshot().frames_encoded.get(c, 0) >= 4 for c in ("a", "b")):
-            assert time.monotonic() < deadline, group.snapshot()
-            await asyncio.sleep(0.1)
+            while not all(group.snapshot().frames_encoded.get(c, 0) > i for c in ("a", "b")):
+                assert time.monotonic() < deadline, group.snapshot()
+                await asyncio.sleep(0.05)
         stream = group.ask(
             Question("long", "Tell a long story.", "a", received_at=question_received_now())
         )

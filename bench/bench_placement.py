@@ -7,9 +7,17 @@ on a two-engine Ray group, the time from killing an engine to its cameras answer
 other one (detection by the health check plus the new owner opening the cameras' stores). Also
 what a frame costs to send to an engine as a raw array against as a JPEG (encode, pickle size).
 
+``--realistic`` runs the TTFT and frame-lag arms with the realistic-shape LLaVA-OneVision-0.5B
+(random weights, float32, about 3.6 GB: the engine actor gets ``--engine-cpus`` CPUs, which Ray
+also makes its torch threads, so give it what the local engine uses) and skips the move arm (two
+realistic engines do not fit beside the local one on a small machine; the move time does not
+depend on the model beyond opening the stores).
+
 Prints a table and writes ``bench/results/placement.json``. Run from the repository root:
 
     PYTHONPATH=$PWD .venv/bin/python bench/bench_placement.py
+    PYTHONPATH=$PWD .venv/bin/python bench/bench_placement.py --realistic --frames 2 \
+        --questions 6 --engine-cpus 2 --out bench/results/placement-realistic.json
 """
 
 from __future__ import annotations
@@ -46,12 +54,18 @@ def picture(i: int) -> np.ndarray:
     return img.astype(np.uint8)
 
 
+TOKENS_PER_FRAME = {"tiny": 8, "realistic": 64}
+SHAPES = "tiny"  # set by --realistic
+
+
 def config(model: Path, store: Path, placement: Any) -> DaemonConfig:
     return DaemonConfig.model_validate(
         {
             "cameras": [{"name": c, "path": "unused.mp4"} for c in CAMERAS],
-            "model": {"path": str(model), "device": "cpu", "max_new_tokens": 4},
-            "pruner": {"tokens_per_frame": 8},
+            # one token: its time is the time to the first token even where random weights
+            # pick a token without text (then no delta marks it)
+            "model": {"path": str(model), "device": "cpu", "max_new_tokens": 1},
+            "pruner": {"tokens_per_frame": TOKENS_PER_FRAME[SHAPES]},
             "memory": {"store_dir": str(store)},
             "engine": {"placement": placement},
         }
@@ -77,8 +91,8 @@ async def drive(engine: Any, frames: int, questions: int) -> dict[str, float]:
         question = Question(f"q{q}", "What moves?", camera, received_at=question_received_now())
         _, final = await engine.ask(question).collect()
         assert isinstance(final, AnswerFinal), final
-        if final.timings.ttft_s is not None:
-            ttfts.append(final.timings.ttft_s)
+        t = final.timings
+        ttfts.append(t.ttft_s if t.ttft_s is not None else t.total_s)
     return {
         "ttft_median_s": statistics.median(ttfts) if ttfts else float("nan"),
         "frame_lag_last_s": max(lags) if lags else float("nan"),
@@ -97,10 +111,12 @@ async def local_run(model: Path, store: Path, frames: int, questions: int) -> di
         await engine.aclose()
 
 
-async def ray_run(model: Path, store: Path, frames: int, questions: int) -> dict[str, float]:
+async def ray_run(
+    model: Path, store: Path, frames: int, questions: int, cpus: float
+) -> dict[str, float]:
     from stream_agent.placement.ray_group import RayEngineGroup
 
-    placement = {"kind": "ray", "ray": {"engines": 1, "num_cpus": 0.5, "health_interval_s": 0.2}}
+    placement = {"kind": "ray", "ray": {"engines": 1, "num_cpus": cpus, "health_interval_s": 0.2}}
     group = RayEngineGroup(config(model, store, placement))
     group.start()
     await asyncio.wrap_future(group.opened)
@@ -163,20 +179,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=6)
     parser.add_argument("--questions", type=int, default=6)
+    parser.add_argument("--realistic", action="store_true", help="realistic-shape model")
+    parser.add_argument("--engine-cpus", type=float, default=0.5, help="the Ray engine's CPUs")
     parser.add_argument("--out", type=Path, default=Path("bench/results/placement.json"))
     args = parser.parse_args()
+    global SHAPES
+    SHAPES = "realistic" if args.realistic else "tiny"
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        model = make_test_model("llava_onevision", root / "model", seed=0, overwrite=True)
+        model = make_test_model(
+            "llava_onevision", root / "model", seed=0, overwrite=True, realistic=args.realistic
+        )
         local = asyncio.run(local_run(model, root / "local", args.frames, args.questions))
-        remote = asyncio.run(ray_run(model, root / "ray", args.frames, args.questions))
-        move = asyncio.run(move_run(model, root / "move"))
+        remote = asyncio.run(
+            ray_run(model, root / "ray", args.frames, args.questions, args.engine_cpus)
+        )
+        move = {} if args.realistic else asyncio.run(move_run(model, root / "move"))
     ray.shutdown()
     wire = {f"{h}p": transport((h, w)) for h, w in ((480, 640), (1080, 1920))}
     result = {
+        "model": SHAPES,
+        "engine_cpus": args.engine_cpus,
         "local": local,
         "ray": remote,
         "ttft_ratio": remote["ttft_median_s"] / local["ttft_median_s"],

@@ -96,7 +96,7 @@ class Daemon:
             # engines on a Ray cluster (docs/placement.md); Ray is imported only here
             from stream_agent.placement.ray_group import RayEngineGroup
 
-            group = RayEngineGroup(config, metrics=self.metrics)
+            group = RayEngineGroup(config, metrics=self.metrics, on_frame=self._note_frame)
             self._opened = group.opened
             self.engine = cast(Engine, group)  # the same methods; the server sees no difference
         else:

@@ -866,6 +866,25 @@ class EventPush:
 
 
 @dataclass(frozen=True, slots=True)
+class RuleChangedPush:
+    """A rule was added, changed, paused, resumed or removed, by anyone (this connection,
+    another, the MQTT command topic): pushed to subscription ``id`` when the rule matches its
+    filters. ``rule`` is the rule as ``rule_result`` shows it (after the change; for ``remove``,
+    as it was)."""
+
+    id: str
+    op: str
+    rule: Mapping[str, Any]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"type": "rule_changed", "id": self.id, "op": self.op, "rule": dict(self.rule)}
+
+    @classmethod
+    def from_wire(cls, obj: Mapping[str, Any]) -> RuleChangedPush:
+        return cls(id=str(obj["id"]), op=str(obj["op"]), rule=dict(obj["rule"]))
+
+
+@dataclass(frozen=True, slots=True)
 class EventsReply:
     """The reply to ``events``: history records, oldest first."""
 
@@ -891,6 +910,7 @@ ServerMessage: TypeAlias = (
     | Subscribed
     | Unsubscribed
     | EventPush
+    | RuleChangedPush
     | EventsReply
 )
 
@@ -905,6 +925,7 @@ _SERVER_TYPES: Final[Mapping[str, Any]] = {
     "subscribed": Subscribed,
     "unsubscribed": Unsubscribed,
     "event": EventPush,
+    "rule_changed": RuleChangedPush,
     "events": EventsReply,
 }
 

@@ -34,34 +34,47 @@ ASKED = "asked"
 
 
 class MotionLog:
-    """Per camera, the (wall time, changed share) of recent frames, bounded per camera."""
+    """Per camera, the changed share of recent frames in the order they were reported, bounded
+    per camera.
+
+    Reads go by arrival, not by capture time: a frame is reported when the engine has encoded
+    it, seconds after its capture on a slow machine (or on another Ray node), so "frames since
+    my last check" is "frames reported after the mark I took then" (:meth:`motion_since`), and
+    a frame reported late is still seen by the next check.
+    """
 
     def __init__(self, max_frames: int = 600) -> None:
         self._max = max_frames
         self._lock = threading.Lock()
-        self._frames: dict[str, deque[tuple[float, float | None]]] = {}
+        self._frames: dict[str, deque[tuple[int, float, float | None]]] = {}
+        self._reported: dict[str, int] = {}  # frames reported so far, per camera
 
     def note(self, camera: str, wall_time: float, changed_share: float | None) -> None:
-        """Record one frame's changed-token share (None: unknown, e.g. the cacher is off)."""
+        """Record one frame's changed share (None: unknown, e.g. the change gate is off)."""
         with self._lock:
             frames = self._frames.setdefault(camera, deque(maxlen=self._max))
-            frames.append((wall_time, changed_share))
+            seq = self._reported.get(camera, 0) + 1
+            self._reported[camera] = seq
+            frames.append((seq, wall_time, changed_share))
 
-    def motion_since(self, camera: str, since: float | None) -> tuple[int, float | None]:
-        """(frames after ``since``, the largest share among them; None if any was unknown)."""
+    def motion_since(self, camera: str, mark: int | None) -> tuple[int, float | None, int]:
+        """(frames reported after ``mark``, the largest share among them, None if any was
+        unknown; the mark to pass next time). ``mark`` None: every frame still kept."""
         with self._lock:
             frames = list(self._frames.get(camera, ()))
-        fresh = [s for t, s in frames if since is None or t > since]
+            now = self._reported.get(camera, 0)
+        fresh = [s for seq, _, s in frames if mark is None or seq > mark]
         if not fresh:
-            return 0, 0.0
+            return 0, 0.0, now
         if any(s is None for s in fresh):
-            return len(fresh), None
-        return len(fresh), max(s for s in fresh if s is not None)
+            return len(fresh), None, now
+        return len(fresh), max(s for s in fresh if s is not None), now
 
     def latest_wall(self, camera: str) -> float | None:
+        """The capture time of the newest frame reported (None: none yet)."""
         with self._lock:
             frames = self._frames.get(camera)
-            return frames[-1][0] if frames else None
+            return frames[-1][1] if frames else None
 
     def forget(self, camera: str) -> None:
         with self._lock:

@@ -118,6 +118,8 @@ class EventRecordLike(Protocol):
 
 
 Subscriber = Callable[[Lifecycle], None]
+RuleWatcher = Callable[[ChangeKind, Rule], None]
+"""Told of a rule change: (what, the rule after it; for ``remove``, the rule as it was)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,7 @@ class _Subscription:
     callback: Subscriber
     camera: str | None
     rule: str | None
+    on_rule: RuleWatcher | None = None
 
 
 class AlertService:
@@ -178,6 +181,7 @@ class AlertService:
         )
         self._states: dict[tuple[str, str], RuleState] = {}
         self._last_check: dict[tuple[str, str], float] = {}
+        self._motion_mark: dict[tuple[str, str], int] = {}  # MotionLog marks per (rule, camera)
         self._person_cache: dict[str, tuple[int, g.PersonResult]] = {}
         self._camera_states: dict[str, tuple[str, str]] = {}
         self._published_platforms: dict[str, str] = {}
@@ -201,11 +205,18 @@ class AlertService:
         self.motion.note(camera, wall_time, changed_share)
 
     def subscribe(
-        self, callback: Subscriber, *, camera: str | None = None, rule: str | None = None
+        self,
+        callback: Subscriber,
+        *,
+        camera: str | None = None,
+        rule: str | None = None,
+        on_rule: RuleWatcher | None = None,
     ) -> Callable[[], None]:
         """Call ``callback`` (on the event loop) with every lifecycle step matching the
-        filters; returns the function that unsubscribes."""
-        sub = _Subscription(callback, camera, rule)
+        filters, and ``on_rule`` with every change of a rule matching them (a rule matches a
+        camera filter when it applies to that camera before or after the change), whoever made
+        it; returns the function that unsubscribes."""
+        sub = _Subscription(callback, camera, rule, on_rule)
         self._subscribers.append(sub)
 
         def unsubscribe() -> None:
@@ -336,7 +347,7 @@ class AlertService:
             elif not online:
                 reason = g.CAMERA_OFFLINE
             else:
-                frames, share = self._motion_since(camera, last)
+                frames, share = self._motion_since(key, last)
                 reason = g.motion_gate(frames, share, spec.gates.motion)
                 if reason is None and spec.gates.person:
                     found = await self._person_present(camera)
@@ -353,9 +364,14 @@ class AlertService:
                 self._emit(lc)
         return batch
 
-    def _motion_since(self, camera: str, last: float | None) -> tuple[int, float | None]:
+    def _motion_since(self, key: tuple[str, str], last: float | None) -> tuple[int, float | None]:
+        """Frames of ``key``'s camera since that rule's last check there, and their largest
+        changed share (see :class:`~.gates.MotionLog`)."""
+        camera = key[1]
         if self.motion.latest_wall(camera) is not None:
-            return self.motion.motion_since(camera, last)
+            frames, share, mark = self.motion.motion_since(camera, self._motion_mark.get(key))
+            self._motion_mark[key] = mark
+            return frames, share
         frame = self._board.latest_frame(camera)  # no cacher reports: new frames are motion
         if frame is None or (last is not None and frame.wall_time <= last):
             return 0, 0.0
@@ -524,6 +540,7 @@ class AlertService:
         for camera in sorted(old_cams - new_cams):
             self._states.pop((name, camera), None)
             self._last_check.pop((name, camera), None)
+            self._motion_mark.pop((name, camera), None)
             if self._link is not None:
                 self._link.set_retained(self._topics.rule_state(camera, name), None)
                 self._link.set_retained(self._topics.rule_snapshot(camera, name), None)
@@ -532,9 +549,22 @@ class AlertService:
         if kind in ("update", "resume"):
             for camera in new_cams:
                 self._last_check.pop((name, camera), None)  # check the new form soon
+                self._motion_mark.pop((name, camera), None)
         if after is not None:
             self._publish_rule_states(after.spec)
         self._publish_discovery()
+        self._tell_watchers(kind, rule, old_cams | new_cams)
+
+    def _tell_watchers(self, kind: ChangeKind, rule: Rule, cameras: set[str]) -> None:
+        for sub in list(self._subscribers):
+            if sub.on_rule is None or sub.rule not in (None, rule.name):
+                continue
+            if sub.camera is not None and sub.camera not in cameras:
+                continue
+            try:
+                sub.on_rule(kind, rule)
+            except Exception:
+                log.exception("alert rule watcher failed")
 
     def _publish_rule_states(self, spec: RuleSpec) -> None:
         if self._link is None:

@@ -46,6 +46,7 @@ from stream_agent.engine.records import (
     Question,
     WorkerStatus,
 )
+from stream_agent.engine.status_metrics import publish_status
 from stream_agent.engine.stream import AnswerStream
 from stream_agent.engine.worker import Worker
 from stream_agent.errors import StreamAgentError
@@ -104,6 +105,7 @@ class Engine:
         self._answering = 0
         self._worker_status = WorkerStatus(ready=False, reason="the engine has not started")
         self._dropped: dict[str, int] = {}
+        self._drops: dict[tuple[str, str], int] = {}  # (camera, reason) -> frames
         self._encoded: dict[str, int] = {}
         self._lag: dict[str, float] = {}
         self._encode_failures: dict[str, int] = {}
@@ -267,6 +269,8 @@ class Engine:
                 frames_dropped=dict(self._dropped),
                 frames_encoded=dict(self._encoded),
                 frame_lag_s=dict(self._lag),
+                queued_checks=self._queue.check_depth(),
+                drops=dict(self._drops),
             )
 
     # --- the engine thread ---------------------------------------------------------------------
@@ -546,6 +550,8 @@ class Engine:
     def _count_drop(self, camera: str, reason: str, count: int = 1) -> None:
         with self._lock:
             self._dropped[camera] = self._dropped.get(camera, 0) + count
+            key = (camera, reason)
+            self._drops[key] = self._drops.get(key, 0) + count
         if self._metrics is not None:
             self._metrics.engine_frames_dropped.inc(count, camera=camera, reason=reason)
 
@@ -561,26 +567,7 @@ class Engine:
 
     def _collect_metrics(self) -> None:
         assert self._metrics is not None
-        m = self._metrics
-        status = self.snapshot()
-        m.engine_queue_depth.set(status.queued_frames, kind="frames")
-        m.engine_queue_depth.set(status.queued_questions, kind="questions")
-        m.engine_queue_depth.set(self._queue.check_depth(), kind="checks")
-        m.model_ready.set(1.0 if status.worker.ready else 0.0)
-        for camera, lag in status.frame_lag_s.items():
-            m.engine_frame_lag.set(lag, camera=camera)
-        for mem in status.worker.cameras:
-            m.memory_blocks.set(mem.blocks, camera=mem.camera)
-            m.memory_ram_bytes.set(mem.ram_bytes, camera=mem.camera)
-            m.memory_disk_bytes.set(mem.disk_bytes, camera=mem.camera)
-            if mem.cacher_reuse_share is not None:
-                m.cacher_reuse_share.set(mem.cacher_reuse_share, camera=mem.camera)
-            if mem.pruner_kept_share is not None:
-                m.pruner_kept_share.set(mem.pruner_kept_share, camera=mem.camera)
-            for reason, count in mem.gate_reasons:
-                decision = "gated" if reason == "unchanged" else "passed"
-                m.gate_frames.mirror(count, camera=mem.camera, decision=decision, reason=reason)
-            m.gate_reused_extensions.mirror(mem.reused_extensions, camera=mem.camera)
+        publish_status(self._metrics, self.snapshot())
 
 
 def question_received_now() -> float:

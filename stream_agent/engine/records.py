@@ -137,3 +137,6 @@ class EngineStatus:
     frames_dropped: dict[str, int] = field(default_factory=dict)
     frames_encoded: dict[str, int] = field(default_factory=dict)
     frame_lag_s: dict[str, float] = field(default_factory=dict)
+    queued_checks: int = 0
+    drops: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Frames shed per (camera, reason): ``frames_dropped`` by reason."""

@@ -30,6 +30,7 @@ from stream_agent.engine.records import (
 from stream_agent.memory.frames import FrameStore
 from stream_agent.models.base import VideoLLM
 from stream_agent.pipeline.errors import NothingSeenError
+from stream_agent.pipeline.stages import FrameNote
 from stream_agent.pipeline.worker import ModelWorker
 from stream_agent.placement.merge import Candidate, from_final, pick
 
@@ -51,8 +52,12 @@ class CameraSetWorker:
         load: Callable[[], VideoLLM],
         model_name: str,
         cameras: tuple[str, ...] = (),
+        on_frame: FrameNote | None = None,
     ) -> None:
+        """``on_frame`` hears of every frame each camera's vision chain takes (what the
+        alerts' motion gate reads), as :class:`~stream_agent.pipeline.ModelWorker` says."""
         self._config = config
+        self._on_frame = on_frame
         self._load = load
         self.model_name = model_name
         self._model: VideoLLM | None = None
@@ -93,6 +98,7 @@ class CameraSetWorker:
             config,
             load=lambda: model,
             model_name=self.model_name,
+            on_frame=self._on_frame,
             frames=FrameStore(store / "frames"),
         )
         worker.open()

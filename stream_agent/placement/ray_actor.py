@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections import deque
 from collections.abc import AsyncIterator
 
 import ray
@@ -25,6 +27,13 @@ from stream_agent.placement.camera_set import CameraSetWorker
 
 log = logging.getLogger(__name__)
 
+FRAME_NOTES = 4096
+"""Frame notes an actor keeps for the front between two collections (about 1 s apart); older
+ones are dropped first and counted (:meth:`EngineActor.frame_notes`)."""
+
+FrameNoteRecord = tuple[str, float, float | None]
+"""(camera, capture wall time, changed share or None): one frame the vision chain took."""
+
 
 class EngineActor:
     """One engine on the cluster (wrapped with ``ray.remote`` by the front, with its resources)."""
@@ -32,16 +41,36 @@ class EngineActor:
     def __init__(self, engine_id: str, config: DaemonConfig, cameras: tuple[str, ...]) -> None:
         logging.basicConfig(level=config.logging.level)
         self.engine_id = engine_id
+        self._notes: deque[FrameNoteRecord] = deque(maxlen=FRAME_NOTES)
+        self._notes_lock = threading.Lock()
+        self._notes_lost = 0
         self._worker = CameraSetWorker(
             config,
             load=model_loader(config.model),
             model_name=config.model.source,
             cameras=cameras,
+            on_frame=self._note_frame,
         )
         self._engine = Engine(self._worker, config.engine)
         self._answers: dict[str, AnswerStream] = {}
         self._engine.start()
         log.info("engine actor %s started with cameras %s", engine_id, ", ".join(cameras))
+
+    def _note_frame(self, camera: str, wall_time: float, changed_share: float | None) -> None:
+        """On the engine thread: keep the note until the front collects it."""
+        with self._notes_lock:
+            if len(self._notes) == self._notes.maxlen:
+                self._notes_lost += 1
+            self._notes.append((camera, wall_time, changed_share))
+
+    async def frame_notes(self) -> tuple[tuple[FrameNoteRecord, ...], int]:
+        """The frame notes since the last call (oldest first), and how many were dropped
+        since then because the front did not collect them in time."""
+        with self._notes_lock:
+            notes, lost = tuple(self._notes), self._notes_lost
+            self._notes.clear()
+            self._notes_lost = 0
+        return notes, lost
 
     async def node(self) -> str:
         """The Ray node this engine runs on."""

@@ -16,6 +16,11 @@ configured resources, places the cameras on them by load
   actor that does not answer is dead: its cameras move to the survivors
   (:func:`~stream_agent.placement.policy.reassign`), which open their memory stores from the
   shared ``memory.store_dir`` (written at each flush, every ``flush_interval_s`` and at stop).
+* The same health pass collects each actor's frame notes (every frame's changed share, what the
+  alerts' motion gate reads) and hands them to ``on_frame`` here, so rules gate on Ray as they
+  do locally, about ``health_interval_s`` later; and it mirrors the actors' counters (frames
+  encoded and shed, by camera and reason) into the front's metrics. Answers are counted and
+  timed at the front, as the local engine counts them.
 * ``stop`` stops every engine (each flushes its memories), then leaves the cluster.
 """
 
@@ -48,7 +53,9 @@ from stream_agent.engine import (
 )
 from stream_agent.engine.checks import DescribeRequest, RuleCondition, RuleScore
 from stream_agent.engine.records import StreamEvent
+from stream_agent.engine.status_metrics import publish_status
 from stream_agent.metrics import DaemonMetrics
+from stream_agent.pipeline.stages import FrameNote
 from stream_agent.placement.base import CameraPlacement
 from stream_agent.placement.merge import Candidate, from_final, pick
 from stream_agent.placement.policy import CameraLoad, assign, reassign
@@ -80,8 +87,20 @@ class _Engine:
 class RayEngineGroup:
     """Engine actors on Ray behind the engine's interface (see the module docstring)."""
 
-    def __init__(self, config: DaemonConfig, *, metrics: DaemonMetrics | None = None) -> None:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        *,
+        metrics: DaemonMetrics | None = None,
+        on_frame: FrameNote | None = None,
+    ) -> None:
+        """``on_frame`` hears of every frame an engine's vision chain took (see the module)."""
         self._config = config
+        self._on_frame = on_frame
+        self._metrics: DaemonMetrics | None = metrics
+        self._seen_encoded: dict[tuple[str, str], int] = {}  # (engine, camera) -> mirrored
+        self._seen_drops: dict[tuple[str, str, str], int] = {}  # (engine, camera, reason)
+        self.notes_lost = 0  # frame notes an actor dropped before the front collected them
         self._ray = config.engine.placement.ray
         self._loads = camera_loads(config)
         self.opened: concurrent.futures.Future[None] = concurrent.futures.Future()
@@ -102,7 +121,6 @@ class RayEngineGroup:
                 "1 for the engine (and Ray node) that owns the camera",
                 ("camera", "engine", "node"),
             )
-            self._metrics = metrics
             metrics.registry.add_collector(self._collect_metrics)
 
     # --- lifecycle -----------------------------------------------------------------------------
@@ -189,30 +207,64 @@ class RayEngineGroup:
         raise TimeoutError("the engines did not load their model in time")
 
     def _check(self) -> None:
-        """Refresh every live engine's status; move the cameras of one that is gone."""
+        """Refresh every live engine's status and collect its frame notes; move the cameras
+        of one that is gone."""
         engines = [e for e in self._engines.values() if e.alive]
+        if not engines:
+            return
         refs = [e.handle.snapshot.remote() for e in engines]
+        notes = [e.handle.frame_notes.remote() for e in engines]
         dead: list[_Engine] = []
         # A slow answer is not a death: only an actor Ray reports dead has its cameras moved
         # (an engine busy past the wait keeps its last status until the next check).
-        if not engines:
-            return
         wait = max(5.0, 5 * self._ray.health_interval_s)
-        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait)
+        ready, _ = ray.wait(refs + notes, num_returns=len(refs) + len(notes), timeout=wait)
         landed = set(ready)
-        for engine, ref in zip(engines, refs, strict=True):
+        for engine, ref, note_ref in zip(engines, refs, notes, strict=True):
             if ref not in landed:
                 log.debug("ray placement: engine %s is slow to report its status", engine.id)
                 continue
             try:
                 engine.status = ray.get(ref)
+                if note_ref in landed:
+                    self._deliver_notes(*ray.get(note_ref))
             except RayActorError as exc:
                 log.error("ray placement: engine %s is gone (%s)", engine.id, type(exc).__name__)
                 dead.append(engine)
+                continue
             except RayError as exc:
                 log.warning("ray placement: engine %s status failed: %s", engine.id, exc)
+                continue
+            self._mirror_counters(engine)
         if dead:
             self._move_from(dead)
+
+    def _deliver_notes(self, notes: Sequence[tuple[str, float, float | None]], lost: int) -> None:
+        if lost:
+            self.notes_lost += lost
+            log.warning("ray placement: %d frame notes were dropped before collection", lost)
+        if self._on_frame is None:
+            return
+        for camera, wall_time, share in notes:
+            self._on_frame(camera, wall_time, share)
+
+    def _mirror_counters(self, engine: _Engine) -> None:
+        """Add what an engine encoded and shed since its last status to the front's counters."""
+        m, status = self._metrics, engine.status
+        if m is None or status is None:
+            return
+        for camera, total in status.frames_encoded.items():
+            key = (engine.id, camera)
+            delta = total - self._seen_encoded.get(key, 0)
+            self._seen_encoded[key] = total
+            if delta > 0:
+                m.engine_frames_encoded.inc(delta, camera=camera)
+        for (camera, reason), total in status.drops.items():
+            dkey = (engine.id, camera, reason)
+            delta = total - self._seen_drops.get(dkey, 0)
+            self._seen_drops[dkey] = total
+            if delta > 0:
+                m.engine_frames_dropped.inc(delta, camera=camera, reason=reason)
 
     def _move_from(self, dead: list[_Engine]) -> None:
         started = time.monotonic()
@@ -299,6 +351,9 @@ class RayEngineGroup:
     def _drop(self, camera: str) -> None:
         with self._lock:
             self._dropped[camera] = self._dropped.get(camera, 0) + 1
+        if self._metrics is not None:
+            reason = "overflow" if self._accepting else "shutdown"
+            self._metrics.engine_frames_dropped.inc(camera=camera, reason=reason)
 
     def ask(self, question: Question) -> AnswerStream:
         if not self._accepting:
@@ -344,18 +399,37 @@ class RayEngineGroup:
             async for event in self._events(engine, question):
                 if isinstance(event, AnswerDelta) and first is None:
                     first = time.monotonic()
-                stream.push(self._timed(event, question, first))
+                event = self._timed(event, question, first)
+                self._count(event)
+                stream.push(event)
         except RayActorError:
-            stream.push(
+            self._fail(
+                stream,
                 AnswerFailed(
                     "internal",
                     f"the engine owning camera {question.camera} died while answering; ask again",
-                )
+                ),
             )
         except Exception as exc:
-            stream.push(AnswerFailed("internal", f"the answer failed: {type(exc).__name__}: {exc}"))
+            self._fail(
+                stream,
+                AnswerFailed("internal", f"the answer failed: {type(exc).__name__}: {exc}"),
+            )
         finally:
             watcher.cancel()
+
+    def _count(self, event: StreamEvent) -> None:
+        """Count a finished answer at the front, as the local engine does."""
+        if self._metrics is None:
+            return
+        if isinstance(event, AnswerFinal):
+            self._metrics.observe_answer(event.finish_reason, event.timings)
+        elif isinstance(event, AnswerFailed):
+            self._metrics.answers.inc(outcome="failed")
+
+    def _fail(self, stream: AnswerStream, failed: AnswerFailed) -> None:
+        self._count(failed)
+        stream.push(failed)
 
     @staticmethod
     def _timed(event: StreamEvent, question: Question, first: float | None) -> StreamEvent:
@@ -399,27 +473,29 @@ class RayEngineGroup:
             if not candidates:
                 message = failures[0] if failures else "no engine had anything to answer from"
                 nothing = "not delivered" in message or "not owned" in message
-                stream.push(AnswerFailed("unknown_camera" if nothing else "internal", message))
+                self._fail(
+                    stream, AnswerFailed("unknown_camera" if nothing else "internal", message)
+                )
                 return
             best = pick(candidates)
             first = time.monotonic()
             if best.text:
                 stream.push(AnswerDelta(best.text))
             end = time.monotonic()
-            stream.push(
-                AnswerFinal(
-                    text=best.text,
-                    evidence=best.evidence,
-                    tokens=best.tokens,
-                    finish_reason="cancelled" if cancelled else "stop",
-                    timings=AnswerTimings(
-                        ttft_s=max(0.0, first - question.received_at) if best.text else None,
-                        tokens_per_s=None,
-                        total_s=max(0.0, end - question.received_at),
-                    ),
-                    notes=best.notes,
-                )
+            final = AnswerFinal(
+                text=best.text,
+                evidence=best.evidence,
+                tokens=best.tokens,
+                finish_reason="cancelled" if cancelled else "stop",
+                timings=AnswerTimings(
+                    ttft_s=max(0.0, first - question.received_at) if best.text else None,
+                    tokens_per_s=None,
+                    total_s=max(0.0, end - question.received_at),
+                ),
+                notes=best.notes,
             )
+            self._count(final)
+            stream.push(final)
         finally:
             watcher.cancel()
 
@@ -498,6 +574,7 @@ class RayEngineGroup:
             running=self.running,
             queued_frames=sum(s.queued_frames for s in statuses),
             queued_questions=sum(s.queued_questions for s in statuses),
+            queued_checks=sum(s.queued_checks for s in statuses),
             answering=sum(s.answering for s in statuses),
             frames_dropped=dropped,
             frames_encoded={k: v for s in statuses for k, v in s.frames_encoded.items()},
@@ -505,13 +582,8 @@ class RayEngineGroup:
         )
 
     def _collect_metrics(self) -> None:
+        assert self._metrics is not None
         self._gauge.clear()
         for p in self.placement():
             self._gauge.set(1.0, camera=p.camera, engine=p.engine, node=p.node)
-        status = self.snapshot()
-        m = self._metrics
-        m.model_ready.set(1.0 if status.worker.ready else 0.0)
-        for camera, lag in status.frame_lag_s.items():
-            m.engine_frame_lag.set(lag, camera=camera)
-        for mem in status.worker.cameras:
-            m.memory_blocks.set(mem.blocks, camera=mem.camera)
+        publish_status(self._metrics, self.snapshot())

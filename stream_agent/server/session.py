@@ -15,12 +15,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 from websockets.protocol import State
 
+from stream_agent.alerts.rules import Rule
 from stream_agent.alerts.state import Lifecycle
 from stream_agent.answers import AnswerDelta, AnswerFailed, AnswerFinal, Moment
 from stream_agent.engine import (
@@ -46,6 +47,7 @@ from stream_agent.protocol import (
     Evidence,
     Hello,
     Invalid,
+    RuleChangedPush,
     RuleCommand,
     RuleResult,
     ServerMessage,
@@ -98,7 +100,7 @@ class Session:
         self._close_task: asyncio.Task[None] | None = None
         # alert event subscriptions: id -> unsubscribe; pushes wait in one bounded queue
         self._subscriptions: dict[str, Callable[[], None]] = {}
-        self._events: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self._events: collections.deque[EventPush | RuleChangedPush] = collections.deque()
         self._events_ready = asyncio.Event()
         self._event_task: asyncio.Task[None] | None = None
 
@@ -537,19 +539,24 @@ class Session:
         sub_id = sub.id
 
         def on_event(lc: Lifecycle) -> None:
-            self._push_event(sub_id, alerts.event_message(lc))
+            self._push_event(EventPush(sub_id, alerts.event_message(lc)))
 
-        self._subscriptions[sub_id] = alerts.subscribe(on_event, camera=sub.camera, rule=sub.rule)
+        def on_rule(kind: str, rule: Rule) -> None:
+            self._push_event(RuleChangedPush(sub_id, kind, rule.to_json()))
+
+        self._subscriptions[sub_id] = alerts.subscribe(
+            on_event, camera=sub.camera, rule=sub.rule, on_rule=on_rule
+        )
         await self._send(Subscribed(sub_id))
 
-    def _push_event(self, sub_id: str, event: dict[str, Any]) -> None:
+    def _push_event(self, push: EventPush | RuleChangedPush) -> None:
         """Called by the alert service on the loop: queue, dropping the oldest when full."""
-        if sub_id not in self._subscriptions or self._closing:
+        if push.id not in self._subscriptions or self._closing:
             return
         if len(self._events) >= self._ctx.config.event_queue_messages:
             self._events.popleft()
             self._ctx.metrics.ws_event_drops.inc()
-        self._events.append((sub_id, event))
+        self._events.append(push)
         self._events_ready.set()
 
     async def _event_loop(self) -> None:
@@ -558,9 +565,9 @@ class Session:
                 await self._events_ready.wait()
                 self._events_ready.clear()
                 while self._events:
-                    sub_id, event = self._events.popleft()
-                    if sub_id in self._subscriptions:
-                        await self._send(EventPush(sub_id, event))
+                    push = self._events.popleft()
+                    if push.id in self._subscriptions:
+                        await self._send(push)
 
     async def _on_cancel(self, cancel: Cancel) -> None:
         stream = self._in_flight.get(cancel.id)

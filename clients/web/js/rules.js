@@ -47,6 +47,16 @@ export class RulesPanel {
       if (detail.state === "ready") this.refresh();
     });
     connection.on("rule_result", (m) => this._onResult(m));
+    // A rule changed anywhere (another page, MQTT): pushed on the events panel's subscription.
+    // Reload the list once per burst of changes.
+    this._reloadTimer = null;
+    connection.on("rule_changed", () => {
+      if (this._reloadTimer !== null) return;
+      this._reloadTimer = setTimeout(() => {
+        this._reloadTimer = null;
+        this.refresh();
+      }, 200);
+    });
     connection.on("error", (m) => {
       if (m.request_type === "rule" && this.pending.has(m.id)) {
         const job = this.pending.get(m.id);
@@ -85,7 +95,8 @@ export class RulesPanel {
     this._syncCameraBoxes();
   }
 
-  /** The daemon's alert status (from ``status``): reload the list when its rule count moved. */
+  /** The daemon's alert status (from ``status``): reload the list when its rule count moved
+   * (a change made while the page was not subscribed, e.g. during a reconnection). */
   onStatus(alerts) {
     if (!alerts || typeof alerts.rules !== "number") return;
     if (this._shownCount !== null && alerts.rules !== this._shownCount) this.refresh();

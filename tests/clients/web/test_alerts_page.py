@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -247,6 +248,34 @@ def test_pausing_a_rule_stops_its_checks(
     assert page.locator(f'.event[data-rule="{RULE}"][data-active="true"]').count() == 0
     item.get_by_role("button", name="Resume").click()
     expect(item.locator(".state")).to_have_text("active")
+    assert recorder.problems() == []
+
+
+def test_a_rule_changed_over_mqtt_shows_on_the_page_without_a_reload(
+    alerts_page: Session, broker: Mosquitto, watch: BrokerWatch
+) -> None:
+    """The page hears of rule changes made elsewhere (``rule_changed`` pushes): a rule added and
+    then removed with the real ``mosquitto_pub`` on the command topic."""
+    page, recorder = alerts_page
+    name = "from-mqtt"
+
+    def command(body: dict[str, object]) -> None:
+        subprocess.run(
+            ["mosquitto_pub", "-h", broker.host, "-p", str(broker.port), "-q", "1",
+             "-t", f"{P}/rules/set", "-m", json.dumps(body)],
+            check=True,
+            timeout=15,
+        )  # fmt: skip
+
+    rule = {"name": name, "cameras": [LIVE_CAMERA], "condition": "Is a door open?"}
+    command({"op": "add", "rule": rule})
+    watch.wait_for(
+        lambda: any(json.loads(m.payload).get("ok") for m in watch.on(f"{P}/rules/result")),
+        "the add's reply",
+    )
+    expect(page.locator(rule_item(name))).to_be_visible(timeout=10_000)
+    command({"op": "remove", "name": name})
+    expect(page.locator(rule_item(name))).to_have_count(0, timeout=10_000)
     assert recorder.problems() == []
 
 

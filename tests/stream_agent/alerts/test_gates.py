@@ -39,21 +39,35 @@ def test_opencv_is_4x_with_the_hog_people_detector() -> None:
 
 def test_motion_log_and_gate() -> None:
     log = MotionLog(max_frames=4)
-    assert log.motion_since("cam", None) == (0, 0.0)
+    assert log.motion_since("cam", None) == (0, 0.0, 0)
     assert motion_gate(0, 0.0, 0.02) == NO_NEW_FRAMES
     log.note("cam", 1.0, 0.001)
     log.note("cam", 2.0, 0.004)
-    assert log.motion_since("cam", 0.5) == (2, 0.004)
+    frames, share, mark = log.motion_since("cam", None)
+    assert (frames, share, mark) == (2, 0.004, 2)
     assert motion_gate(2, 0.004, 0.02) == MOTION  # still scene: no model call
     log.note("cam", 3.0, 0.3)
-    assert log.motion_since("cam", 2.0) == (1, 0.3)
+    assert log.motion_since("cam", mark) == (1, 0.3, 3)
     assert motion_gate(1, 0.3, 0.02) is None
     assert motion_gate(1, 0.001, None) is None  # gate off
     log.note("cam", 4.0, None)
-    assert log.motion_since("cam", 3.5) == (1, None)
+    assert log.motion_since("cam", 3) == (1, None, 4)
     assert motion_gate(1, None, 0.02) is None  # unknown share counts as motion
     log.note("cam", 5.0, 0.0)
     assert log.motion_since("cam", None)[0] == 4  # bounded
+    assert log.motion_since("cam", 5) == (0, 0.0, 5)
+    assert log.latest_wall("cam") == 5.0
+
+
+def test_a_frame_reported_late_is_seen_by_the_next_check() -> None:
+    """Frames are reported when encoded, seconds after capture: a check between capture and
+    report must not make the next check miss the frame (reads go by arrival)."""
+    log = MotionLog()
+    log.note("cam", 10.0, 0.001)
+    _, _, mark = log.motion_since("cam", None)  # a check at t = 12 sees the still frame
+    log.note("cam", 11.0, 0.5)  # captured before that check, reported after it
+    assert log.motion_since("cam", mark) == (1, 0.5, 2)
+    assert log.motion_since("other", None) == (0, 0.0, 0)
 
 
 def test_counters() -> None:

@@ -70,6 +70,45 @@ async def placement_now(daemon: DaemonProcess) -> dict[str, tuple[str, str]]:
     return placement_of(reply.text)
 
 
+MOVING_RULE = {
+    "name": "moving",
+    "cameras": ["shop"],
+    "condition": "Does something move?",
+    "check_interval_s": 1,
+    "threshold": 1e-9,
+    "gates": {"motion": 0.01, "person": False},
+}
+
+
+def sample(metrics: str, name: str, **labels: str) -> float | None:
+    """The value of one sample of the exposition (labels: a subset that must match)."""
+    for line in metrics.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        head, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in head for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+async def engine_metrics_filled(daemon: DaemonProcess) -> None:
+    """On Ray, /metrics shows what the engines do (mirrored from their snapshots, counted at
+    the front) and the shop rule's motion gate sees the engines' frames: its checks reach the
+    model (the shared clip moves)."""
+    deadline = time.monotonic() + 60
+    while True:
+        text = (await aget(f"{daemon.http_url}/metrics", TOKEN)).text
+        checks = sample(text, "stream_agent_alert_rule_checks_total", rule="moving") or 0.0
+        if checks > 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert checks > 0, "the motion gate never passed a check on Ray"
+    for camera in CAMERAS:
+        assert (sample(text, "stream_agent_engine_frames_encoded_total", camera=camera) or 0) > 0
+        assert (sample(text, "stream_agent_memory_ram_bytes", camera=camera) or 0) > 0
+    assert sample(text, "stream_agent_engine_queue_depth", kind="checks") is not None
+
+
 def evidence_cameras(answer: dict[str, Any]) -> set[str]:
     return {m["camera"] for m in answer["evidence"]}
 
@@ -107,6 +146,8 @@ async def test_two_engines_three_cameras_move_and_restart(
                 },
             }
         },
+        # the motion gate on (its default): the engines' frame notes must reach the front
+        alerts={"rules": [MOVING_RULE], "tick_s": 0.2},
     )
     daemon = DaemonProcess(["--config", str(config)], tmp_path / "daemon.log")
     try:
@@ -124,6 +165,7 @@ async def test_two_engines_three_cameras_move_and_restart(
             engines = {e for e, _ in placed.values()}
             assert engines == {"engine-0", "engine-1"}
             assert len({n for _, n in placed.values()}) == 2  # one engine on each node
+            await engine_metrics_filled(daemon)
 
             for camera in CAMERAS:
                 messages = await ask(ws, f"q-{camera}", "What happens here?", camera=camera)
@@ -201,6 +243,7 @@ async def test_a_cancelled_question_ends_cancelled_and_an_all_cameras_question_m
     from stream_agent.answers import AnswerFinal
     from stream_agent.config import DaemonConfig
     from stream_agent.engine import Question, question_received_now
+    from stream_agent.metrics import DaemonMetrics, Registry
     from stream_agent.placement.ray_group import RayEngineGroup
     from tests.stream_agent.pipeline.pictures import moving_square as image
 
@@ -218,7 +261,9 @@ async def test_a_cancelled_question_ends_cancelled_and_an_all_cameras_question_m
             },
         }
     )
-    group = RayEngineGroup(config)
+    notes: list[tuple[str, float, float | None]] = []
+    metrics = DaemonMetrics(Registry())
+    group = RayEngineGroup(config, metrics=metrics, on_frame=lambda *note: notes.append(note))
     group.start()
     try:
         import asyncio
@@ -246,5 +291,17 @@ async def test_a_cancelled_question_ends_cancelled_and_an_all_cameras_question_m
         ).collect()
         assert isinstance(merged, AnswerFinal), merged
         assert {m.camera for m in merged.evidence} == {"a", "b"}
+        # every frame the engines took is reported to the front, in order, with its share
+        while len(notes) < 8:
+            assert time.monotonic() < deadline + 30, notes
+            await asyncio.sleep(0.05)
+        for camera in ("a", "b"):
+            mine = [n for n in notes if n[0] == camera]
+            assert [round(n[1] - now) for n in mine] == [0, 1, 2, 3]
+            assert all(n[2] is None or 0.0 <= n[2] <= 1.0 for n in mine)
+            assert metrics.engine_frames_encoded.value(camera=camera) == 4
+        assert metrics.answers.value(outcome="cancelled") == 1
+        assert metrics.answers.value(outcome="stop") == 1
+        assert metrics.answer_ttft.count() >= 1
     finally:
         await group.aclose()

@@ -27,7 +27,7 @@ from stream_agent.alerts.service import AlertService, CheckAnswer, EventRecordLi
 from stream_agent.alerts.snapshots import FileSnapshotStore
 from stream_agent.cameras import CameraBoard
 from stream_agent.metrics import DaemonMetrics, Registry
-from stream_agent.protocol import parse_client_message
+from stream_agent.protocol import EventPush, parse_client_message
 from tests.stream_agent.engine.fake_worker import make_frame
 from tests.stream_agent.server.harness import Harness, running_server
 from tests.stream_agent.server.test_http import http
@@ -289,6 +289,43 @@ async def test_subscribers_see_events_history_ask_and_snapshots(tmp_path: Path) 
         assert "stream_agent_ws_event_drops_total 0.0" in text
 
 
+async def test_subscribers_hear_of_rule_changes_whoever_makes_them(tmp_path: Path) -> None:
+    """A rule changed on another connection, or on the MQTT command topic (the same command
+    handler the broker's messages go to), reaches every subscription it matches."""
+    async with (
+        alerted(tmp_path) as a,
+        a.h.connect() as ws,
+        a.h.connect() as dock,
+        a.h.connect() as editor,
+    ):
+        for c in (ws, dock, editor):
+            await recv(c)
+        await send(ws, {"type": "subscribe", "id": "all"})
+        await _until(ws, "subscribed")
+        await send(dock, {"type": "subscribe", "id": "d", "camera": "dock"})
+        await _until(dock, "subscribed")
+        rule = {"name": "parcel", "cameras": ["door"], "condition": "Is there a parcel?"}
+        await send(editor, {"type": "rule", "id": "r1", "command": {"op": "add", "rule": rule}})
+        assert (await _until(editor, "rule_result"))["ok"] is True
+        pushed = await _until(ws, "rule_changed")
+        assert pushed["id"] == "all" and pushed["op"] == "add"
+        assert pushed["rule"]["name"] == "parcel" and pushed["rule"]["source"] == "runtime"
+        # over the MQTT command topic's handler: moved to the dock, then removed
+        command = {"op": "update", "name": "parcel", "changes": {"cameras": ["dock"]}}
+        assert a.service.commands.handle(json.dumps(command))["ok"] is True
+        pushed = await _until(ws, "rule_changed")
+        assert pushed["op"] == "update" and pushed["rule"]["cameras"] == ["dock"]
+        pushed = await _until(dock, "rule_changed")  # it applies to the dock now
+        assert pushed["id"] == "d" and pushed["op"] == "update"
+        assert a.service.commands.handle(json.dumps({"op": "remove", "name": "parcel"}))["ok"]
+        for c in (ws, dock):
+            pushed = await _until(c, "rule_changed")
+            assert pushed["op"] == "remove" and pushed["rule"]["name"] == "parcel"
+        # the editor has no subscription: only its own reply came
+        with pytest.raises(TimeoutError):
+            await recv(editor, timeout=0.3)
+
+
 async def test_a_full_event_queue_drops_the_oldest_and_counts(tmp_path: Path) -> None:
     async with alerted(tmp_path, event_queue_messages=1) as a, a.h.connect() as ws:
         await recv(ws)
@@ -297,7 +334,7 @@ async def test_a_full_event_queue_drops_the_oldest_and_counts(tmp_path: Path) ->
         session = next(iter(a.h.server._sessions))
         event = {"type": "start"}
         for i in range(3):  # pushed in one go on the loop: the sender cannot keep up
-            session._push_event("s", {**event, "n": i})
+            session._push_event(EventPush("s", {**event, "n": i}))
         assert a.h.metrics.ws_event_drops.value() == 2
         got = await _until(ws, "event")
         assert got["event"]["n"] == 2

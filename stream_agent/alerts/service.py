@@ -118,6 +118,8 @@ class EventRecordLike(Protocol):
 
 
 Subscriber = Callable[[Lifecycle], None]
+REMOVED_COMPONENTS_KEPT = 256
+"""Removed discovery components still announced as removed (oldest forgotten first)."""
 RuleWatcher = Callable[[ChangeKind, Rule], None]
 """Told of a rule change: (what, the rule after it; for ``remove``, the rule as it was)."""
 
@@ -589,6 +591,10 @@ class AlertService:
                 self._removed_components[cid] = platform
         for cid in current:
             self._removed_components.pop(cid, None)
+        # Home Assistant removes a component when the retained config lists it by platform
+        # only; keep announcing the newest removals (bounded: rule churn must not grow it)
+        while len(self._removed_components) > REMOVED_COMPONENTS_KEPT:
+            del self._removed_components[next(iter(self._removed_components))]
         payload = device_config(
             self._topics, self._device, cameras, pairs, removed=self._removed_components
         )
